@@ -1,0 +1,15 @@
+"""Model names the CLI and benchmarks accept."""
+
+from __future__ import annotations
+
+from models.digits import DIGITS_CNN, DIGITS_MLP
+from models.spec import ModelSpec
+
+MODELS: dict[str, ModelSpec] = {m.name: m for m in (DIGITS_MLP, DIGITS_CNN)}
+
+
+def get_model(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; available: {sorted(MODELS)}") from None

@@ -1,0 +1,227 @@
+"""MpcOps: the Ops contract on two-party shares, and PlanOps, which records its Needs.
+
+Both parties run the same model code through ``MpcOps`` in lockstep; every product takes
+its material from the store in plan order. ``PlanOps`` runs the same model code on shapes
+only and records exactly the items ``MpcOps`` will take, built by the same functions, so
+plan and use cannot drift apart (and the store checks every item anyway).
+
+Costs per op (each party sends; n = elements of the input, 8 bytes each):
+  linear/conv2d with a server weight: open X - A (1 round, n) + truncation (1 round, out)
+  square: 1 round (n) + truncation (1 round, n)
+  mul: 1 round (2n) + truncation; matmul of activations: 1 round (n_x + n_y) + truncation
+  mul_public: truncation only (1 round); add/sub/neg/add_public/reshape/sum: local.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from mpc import fixed, protocol
+from mpc.protocol import CLIENT, SERVER, Party
+from protocols.metering import Meter
+from protocols.needs import Need
+from protocols.ops import Ops
+
+
+@dataclass
+class WeightShare:
+    """A server layer as each party holds it. Client: the masked weight F = W - B only.
+    Server: W, its mask B is implicit (F is what it opened), and the bias."""
+
+    masked: torch.Tensor                 # F (ring, scale 2^f), both parties
+    weight: torch.Tensor | None = None   # W (ring), server only
+    bias: torch.Tensor | None = None     # bias (ring, scale 2^2f), server only
+
+
+# -- need builders shared by MpcOps and PlanOps ----------------------------------------------
+def linear_need(scope, x_shape, w_shape, layer):
+    out = tuple(x_shape[:-1]) + (w_shape[0],)
+    return Need.make("bilinear", scope, op="linear", a_shape=tuple(x_shape),
+                     b_shape=tuple(w_shape), out_shape=out, const=f"{layer}.weight",
+                     stride=1, padding=0), out
+
+
+def conv_need(scope, x_shape, w_shape, layer, stride, padding):
+    out = tuple(F.conv2d(torch.empty(x_shape, device="meta"), torch.empty(w_shape, device="meta"),
+                         stride=stride, padding=padding).shape)
+    return Need.make("bilinear", scope, op="conv2d", a_shape=tuple(x_shape),
+                     b_shape=tuple(w_shape), out_shape=out, const=f"{layer}.weight",
+                     stride=stride, padding=padding), out
+
+
+def matmul_need(scope, x_shape, y_shape):
+    out = tuple(torch.matmul(torch.empty(x_shape, device="meta"),
+                             torch.empty(y_shape, device="meta")).shape)
+    return Need.make("bilinear", scope, op="matmul", a_shape=tuple(x_shape),
+                     b_shape=tuple(y_shape), out_shape=out, const="", stride=1, padding=0), out
+
+
+class _ScopedOps(Ops):
+    def __init__(self, meter: Meter | None):
+        self.meter = meter
+        self._scopes: list[str] = []
+
+    @property
+    def _scope(self) -> str:
+        return ".".join(self._scopes) or "root"
+
+    @contextlib.contextmanager
+    def scope(self, name: str):
+        self._scopes.append(name)
+        cm = self.meter.in_scope(name) if self.meter is not None else contextlib.nullcontext()
+        try:
+            with cm:
+                yield
+        finally:
+            self._scopes.pop()
+
+    # local structure ops shared by both
+    def reshape(self, x, shape):
+        return x.reshape(shape)
+
+    def shape(self, x):
+        return tuple(x.shape)
+
+
+class MpcOps(_ScopedOps):
+    """Ops on shares (int64 ring tensors) for one party."""
+
+    name = "mpc"
+
+    def __init__(self, party: Party, weights: dict[str, WeightShare]):
+        super().__init__(party.channel.meter)
+        self.party = party
+        self.weights = weights
+        self.f = party.frac_bits
+
+    def _layer(self, layer: str) -> WeightShare:
+        try:
+            return self.weights[layer]
+        except KeyError:
+            raise KeyError(f"no weights for layer {layer!r}") from None
+
+    def _trunc(self, z):
+        return protocol.truncate(self.party, z, self._scope)
+
+    def _with_bias(self, z, w: WeightShare, view):
+        if self.party.index == SERVER and w.bias is not None:
+            z = z + w.bias.reshape(view)
+        return self._trunc(z)
+
+    def linear(self, x, layer):
+        w = self._layer(layer)
+        need, _ = linear_need(self._scope, x.shape, w.masked.shape, layer)
+        z = protocol.bilinear_with_weight(self.party, x, need, w.weight, w.masked, self._scope)
+        return self._with_bias(z, w, (-1,))
+
+    def conv2d(self, x, layer, *, stride=1, padding=0):
+        w = self._layer(layer)
+        need, _ = conv_need(self._scope, x.shape, w.masked.shape, layer, stride, padding)
+        z = protocol.bilinear_with_weight(self.party, x, need, w.weight, w.masked, self._scope)
+        return self._with_bias(z, w, (-1, 1, 1))
+
+    def add(self, x, y):
+        return x + y
+
+    def sub(self, x, y):
+        return x - y
+
+    def neg(self, x):
+        return -x
+
+    def mul(self, x, y):
+        return self._trunc(protocol.mul(self.party, x, y, self._scope))
+
+    def square(self, x):
+        return self._trunc(protocol.square(self.party, x, self._scope))
+
+    def matmul(self, x, y):
+        need, _ = matmul_need(self._scope, x.shape, y.shape)
+        return self._trunc(protocol.bilinear_shared(self.party, x, y, need, self._scope))
+
+    def mul_public(self, x, c):
+        if float(c).is_integer():
+            return x * int(c)
+        return self._trunc(x * int(fixed.encode(torch.tensor(float(c)), self.f)))
+
+    def add_public(self, x, c):
+        if self.party.index == CLIENT:
+            return x + fixed.encode(torch.full(x.shape, float(c)), self.f)
+        return x
+
+    def sum(self, x, dim, keepdim=False):
+        return x.sum(dim=dim, keepdim=keepdim)
+
+
+class PlanOps(_ScopedOps):
+    """Runs a model on shapes only (meta tensors) and records the Needs it will consume."""
+
+    name = "plan"
+
+    def __init__(self, param_shapes: dict[str, tuple[int, ...]], frac_bits: int):
+        super().__init__(None)
+        self.param_shapes = param_shapes
+        self.frac_bits = frac_bits
+        self.items: list[Need] = []
+        self.constants: dict[str, tuple[int, ...]] = {}
+
+    @staticmethod
+    def tensor(shape):
+        return torch.empty(tuple(shape), dtype=torch.int64, device="meta")
+
+    def _trunc(self, shape):
+        self.items.append(Need.make("trunc", self._scope, shape=tuple(shape),
+                                    frac_bits=self.frac_bits))
+        return self.tensor(shape)
+
+    def _weight(self, layer):
+        key = f"{layer}.weight"
+        if key not in self.param_shapes:
+            raise KeyError(f"no weights for layer {layer!r}")
+        self.constants.setdefault(key, tuple(self.param_shapes[key]))
+        return self.param_shapes[key]
+
+    def linear(self, x, layer):
+        need, out = linear_need(self._scope, x.shape, self._weight(layer), layer)
+        self.items.append(need)
+        return self._trunc(out)
+
+    def conv2d(self, x, layer, *, stride=1, padding=0):
+        need, out = conv_need(self._scope, x.shape, self._weight(layer), layer, stride, padding)
+        self.items.append(need)
+        return self._trunc(out)
+
+    def add(self, x, y):
+        return self.tensor(torch.broadcast_shapes(x.shape, y.shape))
+
+    def sub(self, x, y):
+        return self.add(x, y)
+
+    def neg(self, x):
+        return x
+
+    def mul(self, x, y):
+        self.items.append(Need.make("mul", self._scope, shape=tuple(x.shape)))
+        return self._trunc(x.shape)
+
+    def square(self, x):
+        self.items.append(Need.make("square", self._scope, shape=tuple(x.shape)))
+        return self._trunc(x.shape)
+
+    def matmul(self, x, y):
+        need, out = matmul_need(self._scope, x.shape, y.shape)
+        self.items.append(need)
+        return self._trunc(out)
+
+    def mul_public(self, x, c):
+        return x if float(c).is_integer() else self._trunc(x.shape)
+
+    def add_public(self, x, c):
+        return x
+
+    def sum(self, x, dim, keepdim=False):
+        return x.sum(dim=dim, keepdim=keepdim)

@@ -1,0 +1,61 @@
+"""``plaintext``: the client sends its input in the clear; the server runs torch.
+
+Protocol: client -> server: x (float64); server -> client: y = model(x).
+Communication: 2 rounds; client sends numel(x) * 8 bytes, server sends numel(y) * 8.
+Leaks: everything: the server learns the client's input (logged as a reveal); the client
+learns the output. The speed reference, not a private protocol.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from protocols.families.base import ClientRole, Family, RoleContext, ServerRole, check_input
+from protocols.ops import TorchOps
+
+
+class PlaintextClient(ClientRole):
+    def offline(self) -> None:
+        self.ctx.channel.begin_epoch()
+
+    def online(self, x):
+        x = check_input(self.ctx, x)
+        ch = self.ctx.channel
+        ch.begin_epoch()
+        ch.meter.reveal("server", "plain.input", x.shape, "client input (plaintext protocol)")
+        ch.send("plain.input", x)
+        y = ch.recv("plain.output")
+        ch.meter.reveal("client", "plain.output", y.shape, "model output")
+        return y
+
+
+class PlaintextServer(ServerRole):
+    def __init__(self, ctx: RoleContext, weights):
+        super().__init__(ctx)
+        self.ops = TorchOps(weights, dtype=torch.float64)
+
+    def offline(self) -> None:
+        self.ctx.channel.begin_epoch()
+
+    def online(self):
+        ch = self.ctx.channel
+        ch.begin_epoch()
+        x = ch.recv("plain.input")
+        if x.dtype != torch.float64 or tuple(x.shape) != tuple(self.ctx.input_shape):
+            raise ValueError(f"plaintext input of {x.dtype} {tuple(x.shape)}; expected float64 "
+                             f"{tuple(self.ctx.input_shape)}")
+        with torch.no_grad():
+            y = self.ctx.spec.forward(self.ops, x)
+        ch.send("plain.output", y.to(torch.float64))
+
+
+class PlaintextFamily(Family):
+    name = "plaintext"
+    uses_dealer = False
+    description = "no privacy: input sent in the clear, torch on the server (speed reference)"
+
+    def client(self, ctx):
+        return PlaintextClient(ctx)
+
+    def server(self, ctx, weights):
+        return PlaintextServer(ctx, weights)

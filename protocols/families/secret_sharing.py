@@ -1,0 +1,154 @@
+"""``mpc``: two-party additive secret sharing over Z_2^64 with a dealer.
+
+Offline (input-independent), for a pool of ``inferences`` inferences:
+  1. both parties plan the Needs from the public architecture and input shape;
+  2. each fetches its material from the dealer (a separate process): the client a 16-byte
+     seed, the server its seed and the corrections (``mpc.dealer``);
+  3. the server opens each weight once per session under its constant-operand mask:
+     it sends F = W - B (B server-known, from its seed) to the client, who stores F.
+Online, per inference:
+  1. the client encodes its input x in fixed point; shares are (x, 0) (the first product
+     masks x with the dealer's fresh A, so the server's view stays uniform);
+  2. both run the model through ``MpcOps`` (Beaver products, TruncAPr truncation);
+  3. the server sends its share of the output to the client (a declared reveal).
+Communication: see ``mpc.ops`` for each layer; the offline phase moves the dealer's
+material and sum(|W|) * 8 bytes of masked weights to the client.
+Leaks: to the server, nothing beyond the public input shape; to the client, the output
+(logged as a reveal). The client stores F = W - B, which is uniform without B. Trust: the
+dealer does not collude with either party; semi-honest parties.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mpc import fixed, material
+from mpc.dealer import fetch_material
+from mpc.ops import MpcOps, PlanOps, WeightShare
+from mpc.protocol import CLIENT, SERVER, Party, reveal_to
+from protocols.families.base import ClientRole, Family, RoleContext, ServerRole, check_input
+from protocols.needs import Needs
+from protocols.store import MaterialError, MaterialStore
+
+
+def plan(spec, input_shape, frac_bits: int, inferences: int = 1) -> Needs:
+    """Exactly what the online phase will consume, from public facts only."""
+    ops = PlanOps(spec.params, frac_bits)
+    spec.forward(ops, PlanOps.tensor(input_shape))
+    return Needs(tuple(ops.items), tuple(sorted(ops.constants.items())), inferences)
+
+
+class _MpcRole:
+    party_index: int
+
+    def _setup(self, ctx: RoleContext):
+        self.f = ctx.config.fixed.frac_bits
+        self.needs = plan(ctx.spec, ctx.input_shape, self.f, ctx.inferences)
+        self.store: MaterialStore | None = None
+        self.party: Party | None = None
+
+    def _fetch(self):
+        ctx = self.ctx
+        if ctx.dealer_connect is None or ctx.store_root is None:
+            raise MaterialError("the mpc protocol needs a dealer address and a store directory")
+        role = "client" if self.party_index == CLIENT else "server"
+        self.store = MaterialStore(ctx.store_root, party=role, session_id=ctx.session_id,
+                                   family="mpc", frac_bits=self.f, needs=self.needs)
+        dealer = ctx.dealer_connect()
+        try:
+            with ctx.meter.in_phase("offline"), ctx.meter.in_scope("dealer"):
+                fetch_material(dealer, self.store, role=role, session_id=ctx.session_id,
+                               frac_bits=self.f, needs=self.needs)
+        finally:
+            dealer.close()
+        self.party = Party(self.party_index, ctx.channel, self.store, self.f)
+
+    def storage_bytes(self) -> int:
+        return self.store.storage_bytes() if self.store else 0
+
+    def peak_storage_bytes(self) -> int:
+        return max(self.store.peak_bytes, self.storage_bytes()) if self.store else 0
+
+    def close(self, failed: bool = False) -> None:
+        if self.store is not None:
+            self.store.burn()
+
+
+class MpcClient(_MpcRole, ClientRole):
+    party_index = CLIENT
+
+    def __init__(self, ctx: RoleContext):
+        super().__init__(ctx)
+        self._setup(ctx)
+        self.weights: dict[str, WeightShare] = {}
+
+    def offline(self) -> None:
+        self._fetch()
+        ch = self.ctx.channel
+        ch.begin_epoch()
+        with self.ctx.meter.in_phase("offline"), self.ctx.meter.in_scope("weights"):
+            for key, shape in self.needs.constants:
+                masked = ch.recv(f"const.{key}")
+                if tuple(masked.shape) != tuple(shape) or masked.dtype != torch.int64:
+                    raise MaterialError(f"masked weight {key} has shape {tuple(masked.shape)}, "
+                                        f"expected {shape}")
+                self.store.put_constant(key, masked)
+        for key, _ in self.needs.constants:
+            self.weights[key.removesuffix(".weight")] = WeightShare(self.store.constant(key))
+
+    def online(self, x):
+        x = check_input(self.ctx, x)
+        ch = self.ctx.channel
+        ch.begin_epoch()
+        with self.ctx.meter.in_phase("online"):
+            share = fixed.encode(x, self.f)
+            out = self.ctx.spec.forward(MpcOps(self.party, self.weights), share)
+            y = reveal_to(self.party, CLIENT, "output", out, "model output")
+        return fixed.decode(y, self.f)
+
+
+class MpcServer(_MpcRole, ServerRole):
+    party_index = SERVER
+
+    def __init__(self, ctx: RoleContext, weights: dict[str, torch.Tensor]):
+        super().__init__(ctx)
+        self._setup(ctx)
+        self.plain = weights
+        self.weights: dict[str, WeightShare] = {}
+
+    def offline(self) -> None:
+        self._fetch()
+        ch = self.ctx.channel
+        ch.begin_epoch()
+        seed = self.store.seed
+        with self.ctx.meter.in_phase("offline"), self.ctx.meter.in_scope("weights"):
+            for key, _ in self.needs.constants:
+                layer = key.removesuffix(".weight")
+                w = fixed.encode(self.plain[key], self.f)
+                masked = w - material.const_mask(seed, self.needs, key)
+                self.store.mark_opened(key)
+                ch.send(f"const.{key}", masked)
+                bias = self.plain.get(f"{layer}.bias")
+                bias = None if bias is None else fixed.encode(bias, 2 * self.f,
+                                                              limit=fixed.max_abs(self.f))
+                self.weights[layer] = WeightShare(masked, w, bias)
+
+    def online(self) -> None:
+        ch = self.ctx.channel
+        ch.begin_epoch()
+        with self.ctx.meter.in_phase("online"):
+            share = torch.zeros(self.ctx.input_shape, dtype=torch.int64)
+            out = self.ctx.spec.forward(MpcOps(self.party, self.weights), share)
+            reveal_to(self.party, CLIENT, "output", out, "model output")
+
+
+class SecretSharingFamily(Family):
+    name = "mpc"
+    uses_dealer = True
+    description = "2PC additive sharing over Z_2^64, Beaver products, dealer-made material"
+
+    def client(self, ctx):
+        return MpcClient(ctx)
+
+    def server(self, ctx, weights):
+        return MpcServer(ctx, weights)

@@ -1,0 +1,16 @@
+"""Protocol families by name. A family is listed here only when it works end to end."""
+
+from __future__ import annotations
+
+from protocols.families.base import Family
+from protocols.families.plaintext import PlaintextFamily
+from protocols.families.secret_sharing import SecretSharingFamily
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (PlaintextFamily(), SecretSharingFamily())}
+
+
+def get_family(name: str) -> Family:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"unknown protocol {name!r}; available: {sorted(FAMILIES)}") from None

@@ -1,0 +1,210 @@
+"""Preprocessing store: one party's correlated randomness for one session, on disk.
+
+Layout: ``<root>/<session>-<party>/`` (mode 0700) holding ``header.json`` (family, ring,
+fixed-point bits, session, party, needs digest), ``seed.bin`` (this party's PRG seed),
+``material.bin`` (explicit material records, streamed in as the dealer sends them, read
+back one at a time) and ``const-*.bin`` (constant-operand material). Every file is created
+owner-only (0600).
+
+Rules (ARCHITECTURE.md, contract 5):
+* material is consumed strictly once and in the planned order; ``take`` checks the kind,
+  scope and shapes the caller expects against the plan and raises ``MaterialError`` on
+  any difference, on exhaustion, and on a record that is not the next one;
+* nothing is ever regenerated: a missing item raises;
+* constant-operand material (a weight's mask, the masked weight W - B) may be read many
+  times, but ``mark_opened`` refuses a second opening under the same key;
+* ``burn`` deletes everything; a failed session burns its store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from protocols.needs import Need, Needs
+
+_LEN = struct.Struct("<I")
+MAX_RECORD_HEADER = 1 << 20
+
+
+class MaterialError(RuntimeError):
+    """Preprocessing material missing, exhausted, mismatched or reused."""
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
+class MaterialStore:
+    """Material of one party for one session (possibly a pool of several inferences)."""
+
+    def __init__(self, root: str | Path, *, party: str, session_id: str, family: str,
+                 frac_bits: int, needs: Needs):
+        if not session_id or any(c in session_id for c in "/\\.") or len(session_id) > 64:
+            raise MaterialError(f"bad session id {session_id!r}")
+        self.party = party
+        self.needs = needs
+        self.header = {"family": family, "ring": "Z_2^64", "frac_bits": frac_bits,
+                       "session": session_id, "party": party, "needs": needs.digest(),
+                       "items": len(needs)}
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.dir = root / f"{session_id}-{party}"
+        if self.dir.exists():
+            raise MaterialError(f"store for session {session_id} ({party}) already exists")
+        self.dir.mkdir(mode=0o700)
+        os.chmod(self.dir, 0o700)
+        _write_private(self.dir / "header.json", json.dumps(self.header).encode())
+        self._writer = None
+        self._reader = None
+        self.written = 0          # explicit records written
+        self.cursor = 0           # items consumed
+        self._opened: set[str] = set()
+        self._burned = False
+        self.peak_bytes = 0
+
+    # -- writing (offline) -----------------------------------------------------------------
+    def write_seed(self, seed: bytes) -> None:
+        _write_private(self.dir / "seed.bin", seed)
+        self._track_peak()
+
+    @property
+    def seed(self) -> bytes:
+        self._alive()
+        try:
+            return (self.dir / "seed.bin").read_bytes()
+        except FileNotFoundError:
+            raise MaterialError(f"{self.party}: no seed in the store (offline phase not run)") from None
+
+    def append(self, index: int, kind: str, arrays: dict[str, torch.Tensor]) -> None:
+        """Append one explicit record; records must arrive in plan order."""
+        self._alive()
+        if index != self.written:
+            raise MaterialError(f"{self.party}: material record {index} where {self.written} was due")
+        need = self.needs.at(index) if index < len(self.needs) else None
+        if need is None or need.kind != kind:
+            raise MaterialError(f"{self.party}: record {index} of kind {kind!r} does not match "
+                                f"the plan ({need.describe() if need else 'past the end'})")
+        if self._writer is None:
+            fd = os.open(self.dir / "material.bin", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._writer = os.fdopen(fd, "ab")
+        meta = {"index": index, "kind": kind,
+                "arrays": [[k, list(v.shape)] for k, v in arrays.items()]}
+        head = json.dumps(meta).encode()
+        self._writer.write(_LEN.pack(len(head)) + head)
+        for v in arrays.values():
+            self._writer.write(v.to(torch.int64).contiguous().numpy().astype("<i8").tobytes())
+        self.written += 1
+
+    def finish_writing(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._track_peak()
+
+    # -- consuming (online) ----------------------------------------------------------------
+    @property
+    def remaining(self) -> int:
+        return len(self.needs) - self.cursor
+
+    def take(self, expected: Need, explicit: bool) -> tuple[int, dict[str, torch.Tensor]]:
+        """Consume the next item; ``expected`` is what the caller is about to compute."""
+        self._alive()
+        if self.cursor >= len(self.needs):
+            raise MaterialError(f"{self.party}: preprocessing exhausted after {self.cursor} "
+                                f"items while {expected.describe()} was asked for")
+        planned = self.needs.at(self.cursor)
+        if planned != expected:
+            raise MaterialError(f"{self.party}: item {self.cursor} was planned as "
+                                f"{planned.describe()} but {expected.describe()} was asked for")
+        index = self.cursor
+        self.cursor += 1
+        arrays = self._read_record(index) if explicit else {}
+        return index, arrays
+
+    def _read_record(self, index: int) -> dict[str, torch.Tensor]:
+        if self._reader is None:
+            if self._writer is not None:
+                self.finish_writing()
+            try:
+                self._reader = open(self.dir / "material.bin", "rb")
+            except FileNotFoundError:
+                raise MaterialError(f"{self.party}: no explicit material stored") from None
+        raw = self._reader.read(_LEN.size)
+        if len(raw) < _LEN.size:
+            raise MaterialError(f"{self.party}: material record {index} missing (store truncated)")
+        (n,) = _LEN.unpack(raw)
+        if n > MAX_RECORD_HEADER:
+            raise MaterialError(f"{self.party}: corrupt material record header at item {index}")
+        meta = json.loads(self._reader.read(n))
+        if meta.get("index") != index:
+            raise MaterialError(f"{self.party}: record {meta.get('index')} where {index} was due")
+        out = {}
+        for name, shape in meta["arrays"]:
+            count = int(np.prod(shape)) if shape else 1
+            data = self._reader.read(8 * count)
+            if len(data) != 8 * count:
+                raise MaterialError(f"{self.party}: material record {index} truncated")
+            out[name] = torch.from_numpy(np.frombuffer(data, "<i8").astype(np.int64)).reshape(shape)
+        return out
+
+    # -- constant-operand material ---------------------------------------------------------
+    def put_constant(self, key: str, tensor: torch.Tensor) -> None:
+        self._alive()
+        path = self._const_path(key)
+        arr = tensor.to(torch.int64).contiguous().numpy().astype("<i8")
+        head = json.dumps({"key": key, "shape": list(arr.shape)}).encode()
+        _write_private(path, _LEN.pack(len(head)) + head + arr.tobytes())
+        self._track_peak()
+
+    def constant(self, key: str) -> torch.Tensor:
+        self._alive()
+        try:
+            data = self._const_path(key).read_bytes()
+        except FileNotFoundError:
+            raise MaterialError(f"{self.party}: no constant-operand material for {key!r}") from None
+        (n,) = _LEN.unpack_from(data)
+        meta = json.loads(data[4:4 + n])
+        arr = np.frombuffer(data, "<i8", offset=4 + n).astype(np.int64)
+        return torch.from_numpy(arr).reshape(meta["shape"])
+
+    def mark_opened(self, key: str) -> None:
+        """Record that value - B under ``key`` was opened; a second opening raises."""
+        if key in self._opened:
+            raise MaterialError(f"{self.party}: constant-operand mask {key!r} opened twice "
+                                "(a rewritten tensor must take a new id)")
+        self._opened.add(key)
+
+    def _const_path(self, key: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in key)
+        return self.dir / f"const-{safe}.bin"
+
+    # -- housekeeping ----------------------------------------------------------------------
+    def storage_bytes(self) -> int:
+        if self._burned or not self.dir.exists():
+            return 0
+        return sum(p.stat().st_size for p in self.dir.iterdir() if p.is_file())
+
+    def _track_peak(self) -> None:
+        self.peak_bytes = max(self.peak_bytes, self.storage_bytes())
+
+    def _alive(self) -> None:
+        if self._burned:
+            raise MaterialError(f"{self.party}: store of session {self.header['session']} was burned")
+
+    def burn(self) -> None:
+        """Delete all material of this session (failed or finished)."""
+        for fh in (self._writer, self._reader):
+            if fh is not None:
+                fh.close()
+        self._writer = self._reader = None
+        self._burned = True
+        shutil.rmtree(self.dir, ignore_errors=True)
