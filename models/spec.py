@@ -49,8 +49,9 @@ def load_safetensors(path: Path, expected: dict[str, tuple[int, ...]]) -> dict[s
     if not path.is_file():
         raise WeightsError(f"weights file {path} not found (train it: python -m models.train_digits)")
     with open(path, "rb") as fh:
-        head = fh.read(8)
-    if head[:2] == b"\x80\x04" or head[:1] == b"\x80" or head[:2] == b"PK":
+        head = fh.read(9)
+    # safetensors: 8-byte header length, then the JSON header; pickle starts 0x80, zip "PK"
+    if head[8:9] != b"{" and (head[:1] == b"\x80" or head[:2] == b"PK"):
         raise WeightsError(f"{path} looks like a pickle/zip file; only safetensors are accepted")
     try:
         tensors = load_file(str(path))

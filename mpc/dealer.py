@@ -74,6 +74,11 @@ def serve_party(channel: Channel, sessions: DealerSessions, verified_role: str |
                 progress=None) -> str:
     """Answer one party's material request. ``verified_role`` comes from its certificate
     (None only with --insecure, where the request's claim is taken). Returns the role."""
+    with channel.meter.in_phase("offline"):
+        return _serve(channel, sessions, verified_role, progress)
+
+
+def _serve(channel, sessions, verified_role, progress) -> str:
     channel.begin_epoch()
     req = channel.recv_json("dealer.request")
     try:

@@ -51,7 +51,8 @@ class Channel:
         raise TypeError(f"{type(self).__name__} does not implement _put")
 
     def _get(self, timeout: float):  # pragma: no cover - abstract
-        """Next frame; ``_CLOSED`` when the stream ended; raises queue.Empty on timeout."""
+        """Next frame; ``_CLOSED`` when the stream ended, a string when it failed;
+        raises queue.Empty on timeout."""
         raise TypeError(f"{type(self).__name__} does not implement _get")
 
     # -- rounds ----------------------------------------------------------------------------
@@ -89,6 +90,9 @@ class Channel:
             if frame is _CLOSED:
                 self._closed = True
                 raise PeerError(f"{self.link}: peer closed the stream while {tag!r} was due")
+            if isinstance(frame, str):  # the transport's description of a failed stream
+                self._closed = True
+                raise PeerError(f"{self.link}: {frame} (while {tag!r} was due)")
             if frame.error:
                 self._closed = True
                 raise PeerError(f"{self.link}: peer aborted: {frame.error}")

@@ -22,10 +22,11 @@ class PlaintextClient(ClientRole):
         x = check_input(self.ctx, x)
         ch = self.ctx.channel
         ch.begin_epoch()
-        ch.meter.reveal("server", "plain.input", x.shape, "client input (plaintext protocol)")
-        ch.send("plain.input", x)
-        y = ch.recv("plain.output")
-        ch.meter.reveal("client", "plain.output", y.shape, "model output")
+        with ch.meter.in_phase("online"):
+            ch.meter.reveal("server", "plain.input", x.shape, "client input (plaintext protocol)")
+            ch.send("plain.input", x)
+            y = ch.recv("plain.output")
+            ch.meter.reveal("client", "plain.output", y.shape, "model output")
         return y
 
 
@@ -40,13 +41,16 @@ class PlaintextServer(ServerRole):
     def online(self):
         ch = self.ctx.channel
         ch.begin_epoch()
-        x = ch.recv("plain.input")
-        if x.dtype != torch.float64 or tuple(x.shape) != tuple(self.ctx.input_shape):
-            raise ValueError(f"plaintext input of {x.dtype} {tuple(x.shape)}; expected float64 "
-                             f"{tuple(self.ctx.input_shape)}")
-        with torch.no_grad():
-            y = self.ctx.spec.forward(self.ops, x)
-        ch.send("plain.output", y.to(torch.float64))
+        with ch.meter.in_phase("online"):
+            x = ch.recv("plain.input")
+            if x.dtype != torch.float64 or tuple(x.shape) != tuple(self.ctx.input_shape):
+                raise ValueError(f"plaintext input of {x.dtype} {tuple(x.shape)}; expected "
+                                 f"float64 {tuple(self.ctx.input_shape)}")
+            if not torch.isfinite(x).all():
+                raise ValueError("plaintext input holds NaN or inf")
+            with torch.no_grad():
+                y = self.ctx.spec.forward(self.ops, x)
+            ch.send("plain.output", y.to(torch.float64))
 
 
 class PlaintextFamily(Family):

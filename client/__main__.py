@@ -1,0 +1,120 @@
+"""The client process: ``python -m client --model digits-cnn --protocol mpc --server H:P
+--dealer H:D --index 17``.
+
+Connects to the server (mutual TLS by default), runs the handshake, the offline phase
+(material from the dealer, a separate process) and the online phase on the private input,
+then prints the prediction and a metrics table. ``--json FILE`` writes the run's record.
+
+When the model's weights can be read locally (all three processes run from this repo, as
+in experiments), the client also runs the plaintext model itself to fill the fidelity
+fields; ``--no-reference`` turns that off. A real client never has the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from client.api import DEFAULT_STORE, PrivateInference
+from client.reference import fidelity, plaintext_forward
+from client.report import metrics_table
+from models.digits import as_model_input, load_split
+from models.registry import MODELS, get_model
+from models.spec import WeightsError
+from protocols import config as config_mod
+from protocols.endpoints import add_tls_args, tls_from_args
+from protocols.registry import FAMILIES
+
+ERROR_BUDGET = 0.01   # logits, fixed point with 16 fractional bits (see README)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m client", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, choices=sorted(MODELS), help="model to query")
+    p.add_argument("--protocol", default="mpc", choices=sorted(FAMILIES), help="protocol family")
+    p.add_argument("--server", required=True, metavar="HOST:PORT", help="the server process")
+    p.add_argument("--dealer", metavar="HOST:PORT", help="the dealer process (mpc needs one)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--index", type=int, help="index of an image in the digits test set (0-359)")
+    src.add_argument("--file", type=Path, help="input file: .npy (no pickle) or text with 64 "
+                                                "pixel values in [0, 16]")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run the same input N times in one session (offline made for all N)")
+    p.add_argument("--json", type=Path, help="write the run's record (JSON) to this file")
+    p.add_argument("--no-reference", action="store_true",
+                   help="do not compute the plaintext reference (needs the weights locally)")
+    p.add_argument("--store", type=Path, default=DEFAULT_STORE,
+                   help=f"directory for preprocessing material (default {DEFAULT_STORE})")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--config", type=Path, help="TOML configuration file")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a config field, e.g. --set fixed.frac_bits=18")
+    add_tls_args(p)
+    return p
+
+
+def load_input(args, spec) -> tuple[torch.Tensor, int | None]:
+    if args.index is not None:
+        _, X_test, _, y_test = load_split()
+        if not 0 <= args.index < len(X_test):
+            raise SystemExit(f"error: --index {args.index} outside [0, {len(X_test) - 1}]")
+        return as_model_input(spec, X_test[args.index:args.index + 1]), int(y_test[args.index])
+    path = args.file
+    if not path.is_file():
+        raise SystemExit(f"error: input file {path} not found")
+    try:
+        raw = np.load(path, allow_pickle=False) if path.suffix == ".npy" else \
+            np.loadtxt(path, delimiter="," if path.suffix == ".csv" else None)
+    except ValueError as exc:
+        raise SystemExit(f"error: cannot read {path}: {exc}") from None
+    raw = np.asarray(raw, dtype=np.float64).reshape(-1)
+    if raw.size != 64:
+        raise SystemExit(f"error: {path} holds {raw.size} values; a digits image has 64")
+    if raw.min() < 0 or raw.max() > 16:
+        raise SystemExit(f"error: {path}: pixel values must lie in [0, 16]")
+    return as_model_input(spec, raw.reshape(1, 64) / 16.0), None
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = config_mod.load(args.config, args.set)
+    torch.set_num_threads(args.threads)
+    spec = get_model(args.model)
+    x, label = load_input(args, spec)
+    files = tls_from_args(args, "client")
+    session = PrivateInference(model=args.model, protocol=args.protocol, server=args.server,
+                               dealer=args.dealer, tls=files, config=cfg,
+                               inferences=args.repeat, store_root=args.store)
+    with session:
+        session.offline()
+        for _ in range(args.repeat):
+            y = session.infer(x)
+    record = session.record()
+    record["threads"] = args.threads
+    record["net"] = "loopback"
+    if not args.no_reference:
+        try:
+            ref, secs = plaintext_forward(spec, spec.load_weights(), x)
+            record["plaintext_seconds"] = secs
+            record["fidelity"] = fidelity(y, ref, ERROR_BUDGET)
+        except WeightsError as exc:
+            print(f"(no plaintext reference: {exc})", file=sys.stderr)
+    pred = int(y.argmax(-1)[0])
+    truth = f" (label {label})" if label is not None else ""
+    print(f"prediction: {pred}{truth}   protocol={args.protocol} model={args.model}")
+    print(metrics_table(record))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(record, indent=1, default=str))
+        print(f"record written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""Client Python API: one object per private-inference session.
+
+    with PrivateInference(model="digits-cnn", protocol="mpc", server="127.0.0.1:P",
+                          dealer="127.0.0.1:D", tls=TlsFiles.for_role(certs, "client")) as s:
+        s.offline()                 # preprocessing for `inferences` runs
+        logits = s.infer(x)         # x: float tensor of shape (batch, *model input)
+        record = s.record()         # metrics in the benchmark record schema
+
+The CLI (``python -m client``) and the benchmarks use exactly this.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+
+import grpc
+import torch
+
+from models.registry import get_model
+from protocols import tls as tls_mod
+from protocols.channel import PeerError
+from protocols.config import Config
+from protocols.endpoints import dial, wait_ready
+from protocols.families.base import RoleContext
+from protocols.grpc_link import describe_rpc_error, open_stream
+from protocols.metering import Meter
+from protocols.registry import get_family
+from protocols.session import HandshakeError, make_hello
+from protocols.wire import pinfer_pb2_grpc as rpc
+
+DEFAULT_STORE = Path(".pinfer/client-store")
+
+
+class PrivateInference:
+    def __init__(self, *, model: str, protocol: str, server: str, dealer: str | None = None,
+                 tls: tls_mod.TlsFiles | None = None, config: Config | None = None,
+                 batch: int = 1, inferences: int = 1, store_root: Path = DEFAULT_STORE,
+                 connect_timeout: float = 10.0):
+        self.spec = get_model(model)
+        self.family = get_family(protocol)
+        self.server_target = server
+        self.dealer_target = dealer
+        self.tls = tls
+        self.config = config or Config()
+        self.input_shape = (batch,) + tuple(self.spec.input_shape)
+        self.inferences = inferences
+        self.store_root = Path(store_root)
+        self.connect_timeout = connect_timeout
+        self.meter = Meter("client")
+        self.session_id: str | None = None
+        self.server_dealer = "none"
+        self.online_seconds: list[float] = []
+        self.server_summary: dict | None = None
+        self._grpc = None
+        self._dealer_grpc = None
+        self._chan = None
+        self._role = None
+        self._runs = 0
+        if self.family.uses_dealer and not dealer:
+            raise ValueError(f"protocol {protocol} needs a dealer address (--dealer HOST:PORT)")
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def __enter__(self):
+        self.connect()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.close(failed=exc is not None)
+
+    def connect(self) -> None:
+        """Dial the server, run the handshake, open the session stream."""
+        t = self.config.transport
+        self._grpc = dial(self.server_target, self.tls, t)
+        wait_ready(self._grpc, self.server_target, self.connect_timeout)
+        stub = rpc.PartyStub(self._grpc)
+        hello = make_hello(spec=self.spec, protocol=self.family.name,
+                           config_digest=self.config.digest(), input_shape=self.input_shape,
+                           inferences=self.inferences)
+        try:
+            reply = stub.Hello(hello, timeout=t.rpc_deadline_s)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                raise HandshakeError(f"server refused the handshake: {exc.details()}") from None
+            raise ConnectionError(f"handshake with {self.server_target} failed: "
+                                  f"{describe_rpc_error(exc)}") from None
+        self.session_id = reply.session_id
+        self.server_dealer = reply.dealer
+        self._chan = open_stream(stub.Session, self.meter, link="peer",
+                                 session_id=self.session_id, transport=t)
+        ctx = RoleContext(spec=self.spec, config=self.config, channel=self._chan,
+                          meter=self.meter, session_id=self.session_id,
+                          input_shape=self.input_shape, inferences=self.inferences,
+                          store_root=self.store_root, dealer_connect=self._connect_dealer)
+        self._role = self.family.client(ctx)
+
+    def _connect_dealer(self):
+        if self._dealer_grpc is None:
+            self._dealer_grpc = dial(self.dealer_target, self.tls, self.config.transport)
+            wait_ready(self._dealer_grpc, self.dealer_target, self.connect_timeout)
+        return open_stream(rpc.DealerStub(self._dealer_grpc).Session, self.meter, link="dealer",
+                           session_id=self.session_id, transport=self.config.transport)
+
+    def offline(self) -> None:
+        t0 = time.perf_counter()
+        self._guard(self._role.offline)
+        self.meter.add_seconds("offline", time.perf_counter() - t0)
+
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        if self._runs >= self.inferences:
+            raise RuntimeError(f"this session was prepared for {self.inferences} inferences; "
+                               "open a new one")
+        x = torch.as_tensor(x)
+        if tuple(x.shape) == tuple(self.spec.input_shape):
+            x = x.unsqueeze(0)
+        t0 = time.perf_counter()
+
+        def run():
+            with self.meter.in_phase("control"):
+                self._chan.send_json("ctl", {"op": "infer"})
+            return self._role.online(x)
+
+        y = self._guard(run)
+        dt = time.perf_counter() - t0
+        self.meter.add_seconds("online", dt)
+        self.online_seconds.append(dt)
+        self._runs += 1
+        return y
+
+    def _guard(self, fn):
+        try:
+            return fn()
+        except (ValueError, TypeError):
+            raise  # bad input: nothing was sent, the session stays usable
+        except PeerError:
+            self.close(failed=True)
+            raise
+        except Exception:
+            self.close(failed=True)
+            raise
+
+    def close(self, failed: bool = False) -> None:
+        if self._chan is None:
+            return
+        try:
+            if not failed and not self._chan._closed:
+                with self.meter.in_phase("control"):
+                    self._chan.send_json("ctl", {"op": "finish"})
+                    self.server_summary = self._chan.recv_json("ctl.summary")
+        finally:
+            if self._role is not None:
+                self._role.close(failed=failed)
+            self._chan.close()
+            self._chan = None
+            for ch in (self._grpc, self._dealer_grpc):
+                if ch is not None:
+                    ch.close()
+
+    # -- metrics -------------------------------------------------------------------------------
+    def peak_storage_bytes(self) -> int:
+        return self._role.peak_storage_bytes() if self._role else 0
+
+    def record(self) -> dict:
+        """This session's figures in the benchmark record schema (client's view + parties)."""
+        s = self.meter.summary()
+        runs = max(1, self._runs)
+        online = dict(s["online"])
+        for k in ("bytes_sent", "bytes_received", "frame_bytes_sent", "frame_bytes_received",
+                  "messages_sent", "messages_received", "rounds"):
+            online[k] = online[k] / runs
+        online["seconds"] = sorted(self.online_seconds)[len(self.online_seconds) // 2] \
+            if self.online_seconds else 0.0
+        client_dealer = self.meter.total("offline", "dealer").as_dict()
+        parties = {"client": {**s, "peak_rss_bytes": resource.getrusage(
+            resource.RUSAGE_SELF).ru_maxrss * 1024}}
+        server = self.server_summary or {}
+        if server:
+            parties["server"] = server
+        dealer_sent = client_dealer["bytes_received"] + server.get("dealer", {}).get("bytes_received", 0)
+        dealer_frames = client_dealer["frame_bytes_received"] + server.get("dealer", {}).get(
+            "frame_bytes_received", 0)
+        parties["dealer"] = {"offline": {"bytes_sent": dealer_sent}}
+        off_total = s["offline"]["bytes_sent"] + server.get("offline", {}).get("bytes_sent", 0) \
+            + dealer_sent
+        on_total = s["online"]["bytes_sent"] + server.get("online", {}).get("bytes_sent", 0)
+        off_frames = s["offline"]["frame_bytes_sent"] + server.get("offline", {}).get(
+            "frame_bytes_sent", 0) + dealer_frames
+        on_frames = s["online"]["frame_bytes_sent"] + server.get("online", {}).get(
+            "frame_bytes_sent", 0)
+        return {
+            "model": self.spec.name, "protocol": self.family.name,
+            "params": {"input_shape": list(self.input_shape)},
+            "offline": s["offline"], "online": online, "parties": parties,
+            "total_bytes": (off_total + on_total) / runs,
+            "frame_bytes": (off_frames + on_frames) / runs,
+            "client_storage_bytes": self.peak_storage_bytes(),
+            "inferences_per_session": runs,
+            "dealer": self.server_dealer,
+            "config_digest": self.config.digest(),
+            "reveals": [r.__dict__ for r in self.meter.reveals],
+        }

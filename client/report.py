@@ -1,0 +1,32 @@
+"""The metrics table the client prints after a run."""
+
+from __future__ import annotations
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} GiB"
+
+
+def metrics_table(rec: dict) -> str:
+    rows = [("phase", "seconds", "sent", "received", "rounds")]
+    for phase in ("offline", "online"):
+        p = rec[phase]
+        rows.append((phase, f"{p['seconds']:.4f}", human_bytes(p["bytes_sent"]),
+                     human_bytes(p["bytes_received"]), f"{p['rounds']:g}"))
+    width = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, width)) for r in rows]
+    lines.append(f"total bytes per inference (all parties, dealer included): "
+                 f"{human_bytes(rec['total_bytes'])}")
+    lines.append(f"peak client storage: {human_bytes(rec['client_storage_bytes'])} "
+                 f"({rec['inferences_per_session']} inference(s) in this session)")
+    if "plaintext_seconds" in rec:
+        lines.append(f"plaintext forward (same CPU): {rec['plaintext_seconds']:.6f} s")
+    fid = rec.get("fidelity")
+    if fid:
+        lines.append(f"max |error| vs plaintext: {fid['max_abs_error']:.3g}   "
+                     f"top-1 agrees: {fid['top1_agree_all']}")
+    return "\n".join(lines)

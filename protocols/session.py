@@ -1,0 +1,54 @@
+"""Handshake: checked before any private data moves.
+
+The client's ``Hello`` names the package version, the protocol family, the config digest
+(arithmetic settings), the model and its architecture digest (layer names and shapes:
+public), the input shape with its batch dimension and how many inferences the session will
+serve. The server compares each with its own and refuses the first mismatch, naming both
+values. The weights are never digested: a weight digest would let the client test guesses
+of the server's private weights.
+"""
+
+from __future__ import annotations
+
+from protocols.wire import pinfer_pb2 as pb
+
+VERSION = "0.1.0"
+MAX_BATCH = 4096
+MAX_INFERENCES = 10_000
+
+
+class HandshakeError(ValueError):
+    """The two sides do not agree; nothing private has moved."""
+
+
+def make_hello(*, spec, protocol: str, config_digest: str, input_shape, inferences: int,
+               version: str = VERSION) -> pb.HelloRequest:
+    return pb.HelloRequest(version=version, protocol=protocol, config_digest=config_digest,
+                           arch_digest=spec.arch_digest(), model=spec.name,
+                           input_shape=list(input_shape), inferences=inferences)
+
+
+def check_hello(req: pb.HelloRequest, *, spec, protocols: list[str], config_digest: str,
+                version: str = VERSION) -> tuple[int, ...]:
+    """Raise ``HandshakeError`` on the first mismatch; return the agreed input shape."""
+    def differ(what, theirs, ours):
+        raise HandshakeError(f"{what} mismatch: client has {theirs!r}, server has {ours!r}")
+
+    if req.version != version:
+        differ("version", req.version, version)
+    if req.protocol not in protocols:
+        differ("protocol", req.protocol, ",".join(protocols))
+    if req.model != spec.name:
+        differ("model", req.model, spec.name)
+    if req.arch_digest != spec.arch_digest():
+        differ("architecture digest", req.arch_digest, spec.arch_digest())
+    if req.config_digest != config_digest:
+        differ("config digest", req.config_digest, config_digest)
+    shape = tuple(req.input_shape)
+    if len(shape) != len(spec.input_shape) + 1 or shape[1:] != tuple(spec.input_shape):
+        differ("input shape", list(shape), ["batch"] + list(spec.input_shape))
+    if not 1 <= shape[0] <= MAX_BATCH:
+        raise HandshakeError(f"batch size {shape[0]} outside [1, {MAX_BATCH}]")
+    if not 1 <= req.inferences <= MAX_INFERENCES:
+        raise HandshakeError(f"inferences {req.inferences} outside [1, {MAX_INFERENCES}]")
+    return shape

@@ -1,0 +1,80 @@
+"""The server process: ``python -m server --model digits-cnn --protocol mpc --port P --dealer H:D``.
+
+Holds the private model and serves private inference sessions to clients. Each client
+first says Hello (version, protocol, config and architecture digests are checked), then
+runs the offline and online phases over one gRPC stream. The dealer is never started
+here: it is a separate process (``python -m server.dealer``) that this server dials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from pathlib import Path
+
+import torch
+
+from models.registry import MODELS, get_model
+from protocols import config as config_mod
+from protocols.endpoints import add_tls_args, make_server, tls_from_args
+from protocols.registry import FAMILIES, get_family
+from protocols.wire import pinfer_pb2_grpc as rpc
+from server.service import PartyServicer
+
+DEFAULT_STORE = Path(".pinfer/store")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m server", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, choices=sorted(MODELS), help="model to serve")
+    p.add_argument("--protocol", default="mpc",
+                   help=f"comma-separated protocols to offer (available: {', '.join(sorted(FAMILIES))})")
+    p.add_argument("--port", type=int, default=0, help="port to listen on (0: pick a free one)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--dealer", metavar="HOST:PORT",
+                   help="the dealer process (needed by protocols that use one, e.g. mpc)")
+    p.add_argument("--weights", type=Path, help="safetensors file (default: the model's own)")
+    p.add_argument("--store", type=Path, default=DEFAULT_STORE,
+                   help=f"directory for preprocessing material (owner-only; default {DEFAULT_STORE})")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--config", type=Path, help="TOML configuration file")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a config field, e.g. --set fixed.frac_bits=18")
+    add_tls_args(p)
+    return p
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="server: %(message)s")
+    cfg = config_mod.load(args.config, args.set)
+    torch.set_num_threads(args.threads)
+    spec = get_model(args.model)
+    families = {name: get_family(name) for name in args.protocol.split(",") if name}
+    weights = spec.load_weights(args.weights)
+    files = tls_from_args(args, "server")
+    if any(f.uses_dealer for f in families.values()) and not args.dealer:
+        raise SystemExit("error: protocol(s) "
+                         f"{[n for n, f in families.items() if f.uses_dealer]} need --dealer HOST:PORT")
+    servicer = PartyServicer(spec=spec, weights=weights, families=families, config=cfg,
+                             store_root=args.store, dealer_target=args.dealer, dealer_tls=files,
+                             insecure=files is None)
+    server, port = make_server(files, cfg.transport, args.port, args.host)
+    rpc.add_PartyServicer_to_server(servicer, server)
+    server.start()
+    print(f"server listening on {args.host}:{port} model={spec.name} "
+          f"protocols={','.join(families)} ({'insecure' if files is None else 'mTLS'})", flush=True)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    server.stop(grace=5).wait(10)
+    print(f"server stopped: {servicer.sessions_done} sessions done, "
+          f"{servicer.sessions_failed} failed", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""The server's gRPC service: handshake, then one session thread per client stream.
+
+A session runs the family's server role: offline (material from the dealer, masked
+weights to the client), then one online run per ``infer`` control message from the
+client, until ``finish``, when the server reports its own meter back (control traffic,
+not counted as protocol bytes). Any failure aborts the stream with a message for the
+client, and the session's material is burned. Other sessions are unaffected.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import secrets
+import threading
+import time
+
+import grpc
+
+from protocols import tls
+from protocols.config import Config
+from protocols.endpoints import dial
+from protocols.families.base import RoleContext
+from protocols.grpc_link import open_stream, serve_stream, session_id_of
+from protocols.metering import Meter
+from protocols.session import VERSION, HandshakeError, check_hello
+from protocols.wire import pinfer_pb2 as pb
+from protocols.wire import pinfer_pb2_grpc as rpc
+
+log = logging.getLogger("pinfer.server")
+PENDING_TTL_S = 60.0
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class PartyServicer(rpc.PartyServicer):
+    def __init__(self, *, spec, weights, families: dict, config: Config, store_root,
+                 dealer_target: str | None, dealer_tls: tls.TlsFiles | None, insecure: bool):
+        self.spec = spec
+        self.weights = weights
+        self.families = families
+        self.config = config
+        self.store_root = store_root
+        self.dealer_target = dealer_target
+        self.dealer_tls = dealer_tls
+        self.insecure = insecure
+        self._pending: dict[str, tuple] = {}
+        self._lock = threading.Lock()
+        self._dealer_channel = None
+        self.sessions_done = 0
+        self.sessions_failed = 0
+
+    # -- handshake ----------------------------------------------------------------------------
+    def Hello(self, request, context):
+        if not self.insecure and tls.peer_role(context) != "client":
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "only a client certificate may connect")
+        try:
+            shape = check_hello(request, spec=self.spec, protocols=sorted(self.families),
+                                config_digest=self.config.digest())
+        except HandshakeError as exc:
+            log.info("handshake refused: %s", exc)
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        family = self.families[request.protocol]
+        if family.uses_dealer and not self.dealer_target:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"protocol {family.name} needs a dealer; this server has none (--dealer)")
+        sid = secrets.token_hex(16)
+        now = time.monotonic()
+        with self._lock:
+            for old in [k for k, v in self._pending.items() if now - v[3] > PENDING_TTL_S]:
+                del self._pending[old]
+            self._pending[sid] = (family, shape, request.inferences, now)
+        return pb.HelloReply(session_id=sid, version=VERSION,
+                             dealer="separate-process" if family.uses_dealer else "none")
+
+    # -- sessions -----------------------------------------------------------------------------
+    def Session(self, request_iterator, context):
+        sid = session_id_of(context)
+        with self._lock:
+            entry = self._pending.pop(sid, None)
+        if entry is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, "unknown or expired session; say Hello first")
+        family, shape, inferences, _ = entry
+        meter = Meter("server")
+        chan = serve_stream(request_iterator, meter, link="peer", session_id=sid,
+                            transport=self.config.transport)
+        ctx = RoleContext(spec=self.spec, config=self.config, channel=chan, meter=meter,
+                          session_id=sid, input_shape=shape, inferences=inferences,
+                          store_root=self.store_root,
+                          dealer_connect=(lambda: self._connect_dealer(meter, sid)))
+        threading.Thread(target=self._run, args=(family, ctx), daemon=True,
+                         name=f"session-{sid[:8]}").start()
+        yield from chan.outgoing()
+
+    def _connect_dealer(self, meter: Meter, sid: str):
+        with self._lock:
+            if self._dealer_channel is None:
+                self._dealer_channel = dial(self.dealer_target, self.dealer_tls,
+                                            self.config.transport)
+        stub = rpc.DealerStub(self._dealer_channel)
+        return open_stream(stub.Session, meter, link="dealer", session_id=sid,
+                           transport=self.config.transport)
+
+    def _run(self, family, ctx: RoleContext) -> None:
+        chan, meter = ctx.channel, ctx.meter
+        role = None
+        failed = True
+        try:
+            role = family.server(ctx, self.weights)
+            t0 = time.perf_counter()
+            role.offline()
+            meter.add_seconds("offline", time.perf_counter() - t0)
+            while True:
+                with meter.in_phase("control"):
+                    ctl = chan.recv_json("ctl")
+                op = ctl.get("op") if isinstance(ctl, dict) else None
+                if op == "infer":
+                    t0 = time.perf_counter()
+                    role.online()
+                    meter.add_seconds("online", time.perf_counter() - t0)
+                elif op == "finish":
+                    with meter.in_phase("control"):
+                        chan.send_json("ctl.summary", self._summary(meter, role))
+                    failed = False
+                    break
+                else:
+                    raise ValueError(f"unknown control message {ctl!r}")
+            log.info("session %s: %s done", ctx.session_id[:8], family.name)
+        except Exception as exc:  # noqa: BLE001 - sent to the client, logged, session burned
+            log.warning("session %s failed: %s", ctx.session_id[:8], exc)
+            chan.abort(f"server: {exc}")
+        finally:
+            if role is not None:
+                role.close(failed=failed)
+            chan.close()
+            with self._lock:
+                if failed:
+                    self.sessions_failed += 1
+                else:
+                    self.sessions_done += 1
+
+    @staticmethod
+    def _summary(meter: Meter, role) -> dict:
+        out = meter.summary()
+        out["dealer"] = meter.total("offline", "dealer").as_dict()
+        out["peak_rss_bytes"] = peak_rss_bytes()
+        out["peak_storage_bytes"] = role.peak_storage_bytes()
+        return out
