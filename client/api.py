@@ -199,4 +199,6 @@ class PrivateInference:
             "dealer": self.server_dealer,
             "config_digest": self.config.digest(),
             "reveals": [r.__dict__ for r in self.meter.reveals],
+            "links": {"dealer": client_dealer,
+                      "control": self.meter.total("control").as_dict()},
         }

@@ -29,6 +29,7 @@ def channel_options(t: TransportConfig) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", MAX_MESSAGE),
         ("grpc.keepalive_time_ms", t.keepalive_ms),
         ("grpc.keepalive_timeout_ms", t.keepalive_ms),
+        ("grpc.http2.ping_timeout_ms", t.keepalive_ms),  # default 60 s; ~2 s detection with 1 s
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
     ]

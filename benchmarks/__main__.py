@@ -1,0 +1,25 @@
+"""``python -m benchmarks <name>``: demo, foundation, ring-speed."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    names = {"demo": "benchmarks.demo", "foundation": "benchmarks.foundation",
+             "ring-speed": "benchmarks.ring_speed"}
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in names:
+        print("usage: python -m benchmarks {" + ",".join(names) + "} [options]\n\n"
+              "  demo        dealer, server and client on loopback (mTLS), digits models under\n"
+              "              plaintext and mpc, side-by-side table (what `make demo` runs)\n"
+              "  foundation  the foundation benchmark: records and tables in benchmarks/results\n"
+              "  ring-speed  int64 against float64 matmul/conv2d, one thread\n"
+              "Each takes --help.")
+        raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    module = __import__(names[argv[0]], fromlist=["main"])
+    module.main(argv[1:])
+
+
+if __name__ == "__main__":
+    main()
