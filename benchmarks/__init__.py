@@ -1,0 +1,1 @@
+"""``python -m benchmarks``: demo, side-by-side runs, JSONL records and tables."""

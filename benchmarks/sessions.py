@@ -58,10 +58,9 @@ def finish_record(rec: dict, *, model: str, protocol: str, spec, weights, inputs
         fid["plaintext_accuracy"] = (ref_all.argmax(-1) == torch.as_tensor(labels)).double().mean().item()
     fid["error_budget"] = ERROR_BUDGET[model]
     fid["samples"] = len(x)
-    dealer = {"mpc": "separate-process"}.get(protocol, "none")
-    return base_record("foundation", **rec, plaintext_seconds=secs, fidelity=fid, net=net,
-                       threads=threads, dealer=dealer) | {"model": model, "protocol": protocol,
-                                                          "method": ""}
+    fields = {**rec, "plaintext_seconds": secs, "fidelity": fid, "net": net,
+              "threads": threads, "model": model, "protocol": protocol, "method": ""}
+    return base_record("foundation", **fields)
 
 
 def read_wire(report: Path, timeout: float = 10.0) -> dict | None:

@@ -1,0 +1,1 @@
+"""The client process (``python -m client``) and its Python API (``client.api``)."""

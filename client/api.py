@@ -192,6 +192,7 @@ class PrivateInference:
             "model": self.spec.name, "protocol": self.family.name,
             "params": {"input_shape": list(self.input_shape)},
             "offline": s["offline"], "online": online, "parties": parties,
+            "offline_per_inference": {k: v / runs for k, v in s["offline"].items()},
             "total_bytes": (off_total + on_total) / runs,
             "frame_bytes": (off_frames + on_frames) / runs,
             "client_storage_bytes": self.peak_storage_bytes(),

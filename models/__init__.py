@@ -1,0 +1,1 @@
+"""Model definitions written against ``Ops``, weight loading (safetensors only), data."""

@@ -50,6 +50,9 @@ class DealerSessions:
             for sid in [s for s, v in self._sessions.items() if now - v["t"] > self.ttl_s]:
                 del self._sessions[sid]
             entry = self._sessions.get(session_id)
+            if entry is not None and entry.get("done"):
+                raise DealerError(f"session {session_id}: both parties already fetched; a "
+                                  "session id is never reused")
             if entry is None:
                 entry = self._sessions[session_id] = {
                     "s0": prg.new_seed(), "s1": prg.new_seed(), "digest": digest,
@@ -61,13 +64,14 @@ class DealerSessions:
                 raise DealerError(f"session {session_id}: {role} already fetched its material")
             entry["fetched"].add(role)
             seeds = entry["s0"], entry["s1"]
-            if len(entry["fetched"]) == 2:
-                del self._sessions[session_id]
+            if len(entry["fetched"]) == 2:  # forget the seeds, remember the id until the TTL
+                self._sessions[session_id] = {"done": True, "t": entry["t"]}
             return seeds
 
     def __len__(self) -> int:
+        """Sessions whose seeds are still held."""
         with self._lock:
-            return len(self._sessions)
+            return sum(1 for v in self._sessions.values() if not v.get("done"))
 
 
 def serve_party(channel: Channel, sessions: DealerSessions, verified_role: str | None,
@@ -123,7 +127,13 @@ def fetch_material(channel: Channel, store: MaterialStore, *, role: str, session
     if role == "server":
         for index in range(len(needs)):
             need = needs.at(index)
-            arrays = {name: channel.recv(f"dealer.{name}") for name in material.CORRECTIONS[need.kind]}
+            arrays = {}
+            for name, shape in material.correction_shapes(need).items():
+                arr = channel.recv(f"dealer.{name}")
+                if arr.dtype != torch.int64 or tuple(arr.shape) != shape:
+                    raise MaterialError(f"dealer sent {name} of item {index} as {arr.dtype} "
+                                        f"{tuple(arr.shape)}; the plan needs int64 {shape}")
+                arrays[name] = arr
             store.append(index, need.kind, arrays)
         store.finish_writing()
     done = channel.recv_json("dealer.done")

@@ -31,7 +31,8 @@ def encode(x: torch.Tensor, frac_bits: int, *, limit: float | None = None) -> to
         raise EncodingError(f"cannot encode non-finite value {bad}")
     bound = max_abs(frac_bits) if limit is None else limit
     if x.numel() and x.abs().max().item() >= bound:
-        raise EncodingError(f"value {x.abs().max().item():.6g} outside the fixed-point range "
+        worst = x.flatten()[x.abs().flatten().argmax()].item()
+        raise EncodingError(f"value {worst:.6g} outside the fixed-point range "
                             f"|x| < {bound:.6g} (frac_bits={frac_bits})")
     return torch.round(x * float(2 ** frac_bits)).to(torch.int64)
 

@@ -33,6 +33,12 @@ MASK63 = (1 << 63) - 1
 CORRECTIONS = {"bilinear": ("c",), "square": ("c",), "mul": ("c",), "trunc": ("msb", "mid")}
 
 
+def correction_shapes(need: Need) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the explicit arrays party 1 receives for ``need``."""
+    shape = need.get("out_shape") if need.kind == "bilinear" else need.get("shape")
+    return {name: tuple(shape) for name in CORRECTIONS[need.kind]}
+
+
 def bilinear(need: Need):
     """The ring operation of a bilinear item, as a function of (a, b)."""
     op = need.get("op")

@@ -20,7 +20,7 @@ import torch
 from mpc import material
 from protocols.channel import Channel
 from protocols.needs import Need
-from protocols.store import MaterialStore
+from protocols.store import MaterialError, MaterialStore
 
 CLIENT, SERVER = 0, 1
 PARTY_NAMES = ("client", "server")
@@ -42,6 +42,11 @@ class Party:
     def take(self, need: Need) -> dict[str, torch.Tensor]:
         """Own shares (from the seed) plus the dealer's explicit corrections (party 1)."""
         index, explicit = self.store.take(need, explicit=self.index == SERVER)
+        if explicit:
+            got = {k: tuple(v.shape) for k, v in explicit.items()}
+            if got != material.correction_shapes(need):
+                raise MaterialError(f"{self.name}: stored material {got} for item {index} does "
+                                    f"not match the plan {material.correction_shapes(need)}")
         shares = material.own_shares(need, index, self.store.seed, self.index)
         shares.update(explicit)
         return shares

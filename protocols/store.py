@@ -142,9 +142,13 @@ class MaterialStore:
         if len(raw) < _LEN.size:
             raise MaterialError(f"{self.party}: material record {index} missing (store truncated)")
         (n,) = _LEN.unpack(raw)
-        if n > MAX_RECORD_HEADER:
+        head = self._reader.read(n) if n <= MAX_RECORD_HEADER else b""
+        try:
+            meta = json.loads(head)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            meta = None
+        if not isinstance(meta, dict) or not isinstance(meta.get("arrays"), list):
             raise MaterialError(f"{self.party}: corrupt material record header at item {index}")
-        meta = json.loads(self._reader.read(n))
         if meta.get("index") != index:
             raise MaterialError(f"{self.party}: record {meta.get('index')} where {index} was due")
         out = {}

@@ -102,3 +102,8 @@ def test_decode_refuses_non_ring_dtypes():
         fixed.decode(torch.tensor([1.0]), 16)
     with pytest.raises(TypeError, match="int64"):
         fixed.decode(torch.tensor([1], dtype=torch.int32), 16)
+
+
+def test_out_of_range_negative_value_is_named_with_its_sign():
+    with pytest.raises(EncodingError, match="value -50000 "):
+        fixed.encode(torch.tensor([1.0, -50000.0], dtype=torch.float64), 16)

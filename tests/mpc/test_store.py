@@ -191,9 +191,6 @@ def test_truncated_material_raises_on_take(tmp_path):
         store2.take(SQ, explicit=True)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a material.bin cut inside a record's JSON header "
-                   "makes take() raise json.JSONDecodeError instead of MaterialError "
-                   "(protocols/store.py _read_record does not check the header's length)")
 def test_truncated_material_raises_material_error_at_every_cut(tmp_path):
     needs = needs_of(SQ)
     probe = filled_store(tmp_path, needs, session="probe")
@@ -246,3 +243,21 @@ def test_party_take_combines_seed_shares_and_corrections(tmp_path):
         with pytest.raises(MaterialError, match="exhausted"):
             p.take(TR)
     assert isinstance(client, Party) and client.name == "client" and server.name == "server"
+
+
+def test_missing_material_file_raises(tmp_path):
+    store = make_store(tmp_path, needs_of(SQ))
+    store.write_seed(bytes(16))
+    with pytest.raises(MaterialError, match="no explicit material"):
+        store.take(SQ, explicit=True)
+
+
+def test_wrong_shaped_correction_is_refused(tmp_path):
+    needs = needs_of(TR)
+    store = make_store(tmp_path, needs)
+    store.write_seed(bytes(range(16)))
+    one = torch.zeros(1, dtype=torch.int64)
+    with pytest.raises(MaterialError):
+        store.append(0, "trunc", {"msb": one, "mid": one})   # the plan says shape (4,)
+        store.finish_writing()
+        Party(SERVER, None, store, 16).take(TR)

@@ -157,7 +157,7 @@ def test_too_many_dims():
 
 @pytest.mark.parametrize("body_len", [0, 15, 17, 32])
 def test_body_length_mismatch(body_len):
-    with pytest.raises(FrameError, match=f"body has {body_len} bytes.*needs 16"):
+    with pytest.raises(FrameError, match=rf"\b{body_len}\b.* bytes.*\b16\b"):
         Reassembler(SID).feed(one_frame(body=b"\1" * body_len))
 
 
@@ -260,8 +260,9 @@ def test_error_frame_carries_the_message():
 @pytest.mark.xfail(strict=True, reason="BUG: a zero-size shape whose other dims overflow "
                    "numpy (e.g. [0, 2**62, 2**62]) passes the size check (size 0) and then "
                    "np.reshape raises ValueError, not FrameError; fix: in _check_head refuse "
-                   "any single dim with d * itemsize > max_tensor_bytes")
-@pytest.mark.parametrize("shape", [[0, 2 ** 62, 2 ** 62], [0, 2 ** 63 - 1]])
+                   "when math.prod(d for d in shape if d) * itemsize > max_tensor_bytes")
+@pytest.mark.parametrize("shape", [[0, 2 ** 62, 2 ** 62], [0, 2 ** 63 - 1],
+                                   [0, 2 ** 21, 2 ** 21, 2 ** 21]])
 def test_zero_size_tensor_with_huge_dims_is_a_frame_error(shape):
     with pytest.raises(FrameError):
         Reassembler(SID).feed(one_frame(shape=shape, body=b""))
@@ -285,7 +286,9 @@ def test_chunks_beyond_the_declared_size_are_refused_early():
 FUZZ = settings(max_examples=1000, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
 U32 = st.integers(0, 2 ** 32 - 1)
-DIM = st.one_of(st.integers(-2, 6), st.integers(-(2 ** 63), 2 ** 63 - 1))
+DIM = st.one_of(st.integers(0, 6), st.integers(-2, 6),
+                st.sampled_from([2 ** 31, 2 ** 32 + 1, 2 ** 62, 2 ** 63 - 1, -(2 ** 63)]),
+                st.integers(-(2 ** 63), 2 ** 63 - 1))
 
 
 def _no_zero_size_overflow(shape: list[int]) -> list[int]:
@@ -293,7 +296,7 @@ def _no_zero_size_overflow(shape: list[int]) -> list[int]:
     # (test_zero_size_tensor_with_huge_dims_is_a_frame_error); keep them out of the fuzz
     # until it is fixed, so this test stays a check of everything else.
     if 0 in shape and all(d >= 0 for d in shape):
-        return [min(d, 2 ** 16) for d in shape]
+        return [min(d, 64) for d in shape]    # 64**9 * 8 bytes stays below 2**63
     return shape
 
 
