@@ -86,7 +86,7 @@ class Channel:
                 frame = self._get(self.recv_timeout)
             except queue.Empty:
                 raise PeerError(f"{self.link}: no frame for {tag!r} within "
-                                f"{self.recv_timeout:.0f} s (peer frozen or too slow)") from None
+                                f"{self.recv_timeout:g} s (peer frozen or too slow)") from None
             if frame is _CLOSED:
                 self._closed = True
                 raise PeerError(f"{self.link}: peer closed the stream while {tag!r} was due")

@@ -54,6 +54,10 @@ class Config:
     transport: TransportConfig = field(default_factory=TransportConfig)
     threads: int = 1                 # torch threads per party
 
+    def __post_init__(self):
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
+            raise ConfigError(f"threads={self.threads!r}: expected an integer >= 1")
+
     def digest(self) -> str:
         """Digest of what both parties must agree on (arithmetic, not local tuning)."""
         agreed = {"fixed": dataclasses.asdict(self.fixed)}
@@ -86,25 +90,45 @@ def _assign(data: dict, dotted: str, value) -> None:
         node = node[p]
     if parts[-1] not in node or isinstance(node[parts[-1]], dict):
         raise ConfigError(f"unknown config field {dotted!r}")
-    old = node[parts[-1]]
-    if isinstance(old, bool) or not isinstance(value, (type(old), int)) or (
-            isinstance(old, int) and not isinstance(old, bool) and isinstance(value, float)):
-        raise ConfigError(f"{dotted}={value!r}: expected {type(old).__name__}")
-    node[parts[-1]] = type(old)(value)
+    node[parts[-1]] = _typed(dotted, node[parts[-1]], value)
+
+
+def _typed(name: str, old, value):
+    """``value`` converted to the type of the default ``old``; bools and lossy casts refused."""
+    kind = type(old)
+    ok = (isinstance(value, bool) if kind is bool else
+          isinstance(value, int) and not isinstance(value, bool) if kind is int else
+          isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
+          isinstance(value, kind))
+    if not ok:
+        raise ConfigError(f"{name}={value!r}: expected {kind.__name__}")
+    return kind(value)
+
+
+def _check_types(data: dict, defaults: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if key not in defaults:
+            raise ConfigError(f"unknown config field {name!r}")
+        if isinstance(defaults[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{name} must be a section")
+            out[key] = _check_types(value, defaults[key], name + ".")
+        else:
+            out[key] = _typed(name, defaults[key], value)
+    return out
 
 
 def from_dict(data: dict) -> Config:
-    known = {f.name for f in dataclasses.fields(Config)}
-    unknown = set(data) - known
-    if unknown:
-        raise ConfigError(f"unknown config fields: {sorted(unknown)}")
+    data = _check_types(data, dataclasses.asdict(Config()))
     try:
         return Config(
             fixed=FixedPointConfig(**data.get("fixed", {})),
             transport=TransportConfig(**data.get("transport", {})),
-            threads=int(data.get("threads", 1)),
+            threads=data.get("threads", 1),
         )
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad config: {exc}") from None
 
 

@@ -149,7 +149,8 @@ class Meter:
         out = Counters()
         with self._lock:
             for (ph, scope), cell in self._cells.items():
-                if ph == phase and (scope == scope_prefix or scope.startswith(scope_prefix)):
+                if ph == phase and (not scope_prefix or scope == scope_prefix
+                                    or scope.startswith(scope_prefix + ".")):
                     out.add(cell)
         return out
 

@@ -77,6 +77,7 @@ class Reassembler:
         self._parts: list[bytes] = []
         self._head: pb.Frame | None = None
         self._frame_bytes = 0
+        self._received = 0
 
     def feed(self, frame: pb.Frame):
         if frame.session_id != self.session_id:
@@ -89,7 +90,7 @@ class Reassembler:
         head = self._head
         if head is None:
             self._check_head(frame)
-            self._head, self._parts, self._frame_bytes = frame, [], 0
+            self._head, self._parts, self._frame_bytes, self._received = frame, [], 0, 0
             head = frame
         elif (frame.tag, frame.dtype, list(frame.shape), frame.chunks, frame.epoch,
               frame.round) != (head.tag, head.dtype, list(head.shape), head.chunks,
@@ -99,6 +100,11 @@ class Reassembler:
             raise FrameError(f"chunk {frame.chunk} of {head.tag!r} where chunk "
                              f"{len(self._parts)} was due")
         self._parts.append(frame.body)
+        self._received += len(frame.body)
+        declared = math.prod(head.shape) * DTYPES[head.dtype].itemsize
+        if self._received > declared:
+            raise FrameError(f"frame {head.tag!r}: chunks carry more than the {declared} "
+                             "bytes its shape declares")
         self._frame_bytes += frame.ByteSize()
         if len(self._parts) < head.chunks:
             return None
@@ -122,10 +128,15 @@ class Reassembler:
             raise FrameError(f"frame {frame.tag!r}: {len(frame.shape)} dims, at most {MAX_DIMS}")
         if any(d < 0 for d in frame.shape):
             raise FrameError(f"frame {frame.tag!r}: negative dimension in {list(frame.shape)}")
-        size = math.prod(frame.shape) * DTYPES[frame.dtype].itemsize
+        # nonzero dims only: a zero dim must not hide huge others from the limit
+        size = math.prod(d for d in frame.shape if d) * DTYPES[frame.dtype].itemsize
         if size > self.max_tensor_bytes:
             raise FrameError(f"frame {frame.tag!r}: tensor of {size} bytes exceeds the "
                              f"limit of {self.max_tensor_bytes}")
         if frame.chunks < 1 or frame.chunk != 0:
             raise FrameError(f"frame {frame.tag!r}: chunk {frame.chunk} of {frame.chunks} "
                              "does not start a tensor")
+        declared = math.prod(frame.shape) * DTYPES[frame.dtype].itemsize
+        if frame.chunks > max(1, declared):
+            raise FrameError(f"frame {frame.tag!r}: {frame.chunks} chunks for a tensor of "
+                             f"{declared} bytes")

@@ -374,10 +374,6 @@ def test_phases_are_checked_and_restored():
     assert m.summary()["online"]["seconds"] == 2.0
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Meter.total(phase, scope_prefix) matches with a "
-                   "plain str.startswith, so 'layer1' also sums 'layer10', 'layer11'...; fix: "
-                   "match scope == prefix or scope.startswith(prefix + '.') (any scope when "
-                   "the prefix is empty)")
 def test_scope_prefix_matches_whole_scope_names():
     m0, m1, c0, c1 = pair()
     with m0.in_phase("online"):

@@ -155,9 +155,15 @@ def test_too_many_dims():
         Reassembler(SID).feed(one_frame(shape=[1] * 9, body=b"\0" * 8))
 
 
-@pytest.mark.parametrize("body_len", [0, 15, 17, 32])
+@pytest.mark.parametrize("body_len", [0, 15])
 def test_body_length_mismatch(body_len):
     with pytest.raises(FrameError, match=rf"\b{body_len}\b.* bytes.*\b16\b"):
+        Reassembler(SID).feed(one_frame(body=b"\1" * body_len))
+
+
+@pytest.mark.parametrize("body_len", [17, 32])
+def test_body_longer_than_declared(body_len):
+    with pytest.raises(FrameError, match=r"more than the 16 bytes"):
         Reassembler(SID).feed(one_frame(body=b"\1" * body_len))
 
 
@@ -257,10 +263,6 @@ def test_error_frame_carries_the_message():
 
 # -- product bugs ---------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="BUG: a zero-size shape whose other dims overflow "
-                   "numpy (e.g. [0, 2**62, 2**62]) passes the size check (size 0) and then "
-                   "np.reshape raises ValueError, not FrameError; fix: in _check_head refuse "
-                   "when math.prod(d for d in shape if d) * itemsize > max_tensor_bytes")
 @pytest.mark.parametrize("shape", [[0, 2 ** 62, 2 ** 62], [0, 2 ** 63 - 1],
                                    [0, 2 ** 21, 2 ** 21, 2 ** 21]])
 def test_zero_size_tensor_with_huge_dims_is_a_frame_error(shape):
@@ -268,11 +270,6 @@ def test_zero_size_tensor_with_huge_dims_is_a_frame_error(shape):
         Reassembler(SID).feed(one_frame(shape=shape, body=b""))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Reassembler buffers chunks without bounding their "
-                   "total: a header declaring 8 bytes with chunks=2**32-1 lets the peer push "
-                   "unbounded memory (max_tensor_bytes only checks the declared shape, the body "
-                   "only at the last chunk); fix: raise as soon as the bytes received exceed "
-                   "the declared size, and refuse chunks > max(1, declared bytes)")
 def test_chunks_beyond_the_declared_size_are_refused_early():
     r = Reassembler(SID, max_tensor_bytes=1024)
     with pytest.raises(FrameError):
@@ -291,15 +288,6 @@ DIM = st.one_of(st.integers(0, 6), st.integers(-2, 6),
                 st.integers(-(2 ** 63), 2 ** 63 - 1))
 
 
-def _no_zero_size_overflow(shape: list[int]) -> list[int]:
-    # Zero-size shapes whose other dims overflow numpy are the known bug above
-    # (test_zero_size_tensor_with_huge_dims_is_a_frame_error); keep them out of the fuzz
-    # until it is fixed, so this test stays a check of everything else.
-    if 0 in shape and all(d >= 0 for d in shape):
-        return [min(d, 64) for d in shape]    # 64**9 * 8 bytes stays below 2**63
-    return shape
-
-
 frames_st = st.builds(
     pb.Frame,
     session_id=st.sampled_from([SID, SID, SID, "", "other"]),
@@ -307,7 +295,7 @@ frames_st = st.builds(
     epoch=U32, round=U32,
     tag=st.text(max_size=8),
     dtype=st.sampled_from(sorted(codec.DTYPES) * 3 + ["", "int32", "float16", "\x00"]),
-    shape=st.lists(DIM, max_size=10).map(_no_zero_size_overflow),
+    shape=st.lists(DIM, max_size=10),
     body=st.binary(max_size=80),
     chunk=st.one_of(st.integers(0, 4), U32),
     chunks=st.one_of(st.integers(0, 4), U32),
@@ -359,7 +347,7 @@ MUTATIONS = st.one_of(
               st.sampled_from(["", SID, "x", "int64", "uint8", "float32", "bad"])),
     st.tuples(st.just("set"), st.sampled_from(["seq", "epoch", "round", "chunk", "chunks"]),
               st.one_of(st.integers(0, 6), U32)),
-    st.tuples(st.just("shape"), st.lists(DIM, max_size=9).map(_no_zero_size_overflow)),
+    st.tuples(st.just("shape"), st.lists(DIM, max_size=9)),
     st.tuples(st.just("truncate"), st.integers(0, 64)),
     st.tuples(st.just("extend"), st.binary(min_size=1, max_size=16)),
     st.tuples(st.just("drop")), st.tuples(st.just("dup")), st.tuples(st.just("swap")),

@@ -115,9 +115,9 @@ def test_toml_load_and_overrides_on_top(tmp_path):
 
 @pytest.mark.parametrize("text,match", [
     ("[fixed]\nfrac_bits = 40\n", "outside"),
-    ("[fixed]\nbits = 20\n", "bad config"),
-    ("colour = 'blue'\n", "unknown config fields: \\['colour'\\]"),
-    ("fixed = 3\n", "bad config"),
+    ("[fixed]\nbits = 20\n", "unknown config field 'fixed.bits'"),
+    ("colour = 'blue'\n", "unknown config field 'colour'"),
+    ("fixed = 3\n", "fixed must be a section"),
     ("[transport]\nrecv_timeout_s = 'x'\n", "bad config|recv_timeout_s"),
     ("[fixed\nfrac_bits = 20\n", "pinfer.toml"),
 ])
@@ -133,11 +133,6 @@ def test_missing_toml_raises(tmp_path):
         C.load(tmp_path / "absent.toml")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: from_dict (TOML) does not type-check like "
-                   "with_overrides does: frac_bits=18.5 and max_chunk_bytes=2048.5 are "
-                   "accepted as floats, threads=2.5 is truncated, threads='abc' raises a bare "
-                   "ValueError; fix: validate each TOML value with the same rule as _assign "
-                   "(exact type, no bool for int, int allowed for float) and catch ValueError")
 @pytest.mark.parametrize("text", [
     "[fixed]\nfrac_bits = 18.5\n",
     "[transport]\nmax_chunk_bytes = 2048.5\n",
@@ -151,10 +146,6 @@ def test_toml_values_are_type_checked(tmp_path, text):
         C.load(p)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Config.threads has no range or bool check: "
-                   "threads=0, threads=-1 and threads=true are accepted (torch.set_num_threads "
-                   "would fail or get 1); fix: Config.__post_init__ requiring an int >= 1 "
-                   "(not bool), and reject bool for int fields in _assign")
 @pytest.mark.parametrize("item", ["threads=0", "threads=-1", "threads=true"])
 def test_threads_must_be_a_positive_int(item):
     with pytest.raises(ConfigError):
