@@ -81,7 +81,8 @@ def write_markdown(records: list[dict], path: Path) -> None:
     sessions = [r for r in records if r.get("model")]
     cols = [("model", "model"), ("protocol", "protocol"), ("run", "method"),
             ("inferences/session", "inferences_per_session"),
-            ("offline s", "offline.seconds"), ("online s", "online.seconds"),
+            ("offline s", "offline.seconds"), ("offline s/inf", "offline_per_inference.seconds"),
+            ("online s", "online.seconds"),
             ("online sent", "online.bytes_sent"), ("online recv", "online.bytes_received"),
             ("online rounds", "online.rounds"), ("offline recv", "offline.bytes_received"),
             ("total bytes/inf", "total_bytes"), ("client storage", "client_storage_bytes"),

@@ -27,7 +27,7 @@ from protocols.families.base import RoleContext
 from protocols.grpc_link import describe_rpc_error, open_stream
 from protocols.metering import Meter
 from protocols.registry import get_family
-from protocols.session import HandshakeError, make_hello
+from protocols.session import VERSION, HandshakeError, make_hello
 from protocols.wire import pinfer_pb2_grpc as rpc
 
 DEFAULT_STORE = Path(".pinfer/client-store")
@@ -199,6 +199,7 @@ class PrivateInference:
             "inferences_per_session": runs,
             "dealer": self.server_dealer,
             "config_digest": self.config.digest(),
+            "version": VERSION,
             "reveals": [r.__dict__ for r in self.meter.reveals],
             "links": {"dealer": client_dealer,
                       "control": self.meter.total("control").as_dict()},
