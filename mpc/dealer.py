@@ -4,11 +4,12 @@ Protocol (one dealer link per party, both under the party's offline phase):
   1. the party sends ``dealer.request``: session id, role, fixed-point bits and the Needs;
   2. the dealer checks that both parties of the session ask for the same Needs (by
      digest) and answers with the party's 16-byte seed;
-  3. party 1 (server) then receives its corrections, item by item, in plan order, and
-     stores them as they arrive (the whole pool never sits in memory at once);
+  3. the party then receives its explicit material, item by item, in plan order, and
+     stores it as it arrives (the whole pool never sits in memory at once);
   4. ``dealer.done`` closes the exchange.
-Communication: party 0 receives 16 bytes; party 1 receives 8 bytes per correction element
-(see ``mpc.material``). 2 rounds per party.
+Communication: each party receives its 16-byte seed and its explicit material
+(``mpc.kinds.explicit_shapes``): party 1 the corrections of every product and truncation,
+both parties the correction words of FSS comparison keys. 2 rounds per party.
 Leaks: the dealer learns the public Needs (shapes) and nothing else; each party learns only
 its own seed and corrections, which are uniform given the other party's shares.
 
@@ -23,7 +24,7 @@ import time
 
 import torch
 
-from mpc import material, prg
+from mpc import kinds, prg
 from mpc.protocol import PARTY_NAMES
 from protocols.channel import Channel
 from protocols.needs import Needs
@@ -98,18 +99,19 @@ def _serve(channel, sessions, verified_role, progress) -> str:
     if verified_role is not None and claimed != verified_role:
         raise DealerError(f"certificate of role {verified_role!r} asked for {claimed!r} material")
     s0, s1 = sessions.claim(session_id, role, needs.digest())
-    if role == "client":
-        channel.send("dealer.seed", torch.frombuffer(bytearray(s0), dtype=torch.uint8))
-    else:
-        channel.send("dealer.seed", torch.frombuffer(bytearray(s1), dtype=torch.uint8))
-        masks: dict[str, torch.Tensor] = {}
-        for index in range(len(needs)):
-            need = needs.at(index)
-            corr = material.server_correction(need, index, s0, s1, needs, masks)
-            for name in material.CORRECTIONS[need.kind]:
-                channel.send(f"dealer.{name}", corr[name])
-            if progress is not None:
-                progress(index + 1, len(needs))
+    party = PARTY_NAMES.index(role)
+    channel.send("dealer.seed", torch.frombuffer(bytearray((s0, s1)[party]), dtype=torch.uint8))
+    masks: dict[str, torch.Tensor] = {}
+    for index in range(len(needs)):
+        need = needs.at(index)
+        names = kinds.explicit_shapes(need, party)
+        if not names:
+            continue
+        arrays = kinds.dealer_material(need, index, s0, s1, needs, masks)[party]
+        for name in names:
+            channel.send(f"dealer.{name}", arrays[name])
+        if progress is not None:
+            progress(index + 1, len(needs))
     channel.send_json("dealer.done", {"items": len(needs), "frac_bits": frac_bits})
     return role
 
@@ -124,18 +126,19 @@ def fetch_material(channel: Channel, store: MaterialStore, *, role: str, session
     if seed.dtype != torch.uint8 or seed.numel() != prg.SEED_BYTES:
         raise MaterialError(f"dealer sent a malformed seed ({seed.numel()} bytes)")
     store.write_seed(bytes(seed.numpy()))
-    if role == "server":
-        for index in range(len(needs)):
-            need = needs.at(index)
-            arrays = {}
-            for name, shape in material.correction_shapes(need).items():
-                arr = channel.recv(f"dealer.{name}")
-                if arr.dtype != torch.int64 or tuple(arr.shape) != shape:
-                    raise MaterialError(f"dealer sent {name} of item {index} as {arr.dtype} "
-                                        f"{tuple(arr.shape)}; the plan needs int64 {shape}")
-                arrays[name] = arr
+    party = PARTY_NAMES.index(role)
+    for index in range(len(needs)):
+        need = needs.at(index)
+        arrays = {}
+        for name, (shape, dtype) in kinds.explicit_shapes(need, party).items():
+            arr = channel.recv(f"dealer.{name}")
+            if arr.dtype != dtype or tuple(arr.shape) != tuple(shape):
+                raise MaterialError(f"dealer sent {name} of item {index} as {arr.dtype} "
+                                    f"{tuple(arr.shape)}; the plan needs {dtype} {tuple(shape)}")
+            arrays[name] = arr
+        if arrays:
             store.append(index, need.kind, arrays)
-        store.finish_writing()
+    store.finish_writing()
     done = channel.recv_json("dealer.done")
     if done.get("items") != len(needs):
         raise MaterialError(f"dealer made {done.get('items')} items, plan has {len(needs)}")

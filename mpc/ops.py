@@ -20,9 +20,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mpc import fixed, protocol
+from mpc import fixed, nonlinear, protocol
+from mpc.nonlinear import Bit
 from mpc.protocol import CLIENT, SERVER, Party
 from protocols.metering import Meter
+from protocols.config import CompareConfig
 from protocols.needs import Need
 from protocols.ops import Ops
 
@@ -85,6 +87,15 @@ class _ScopedOps(Ops):
 
     def shape(self, x):
         return tuple(x.shape)
+
+    def permute(self, x, dims):
+        return x.permute(*dims)
+
+    def narrow(self, x, dim, start, length):
+        return x.narrow(dim, start, length)
+
+    def cat(self, xs, dim):
+        return torch.cat(list(xs), dim)
 
 
 class MpcOps(_ScopedOps):
@@ -150,11 +161,29 @@ class MpcOps(_ScopedOps):
 
     def add_public(self, x, c):
         if self.party.index == CLIENT:
-            return x + fixed.encode(torch.full(x.shape, float(c)), self.f)
-        return x
+            c = torch.as_tensor(c, dtype=torch.float64)
+            return x + fixed.encode(c, self.f)
+        return x + torch.zeros((), dtype=torch.int64)
 
     def sum(self, x, dim, keepdim=False):
         return x.sum(dim=dim, keepdim=keepdim)
+
+    def relu(self, x):
+        return nonlinear.relu(self.party, x, self.party.compare, self._scope)
+
+    def ltz(self, x):
+        return nonlinear.ltz(self.party, x, self.party.compare, self._scope)
+
+    def select(self, bit, x, y):
+        x, y = torch.broadcast_tensors(x, y)
+        return nonlinear.select(self.party, _bit_like(bit, x), x, y, self._scope)
+
+    def bit_value(self, bit):
+        return bit.share << self.f
+
+
+def _bit_like(bit: Bit, x) -> Bit:
+    return bit if tuple(bit.shape) == tuple(x.shape) else Bit(bit.share.expand(x.shape))
 
 
 class PlanOps(_ScopedOps):
@@ -162,10 +191,12 @@ class PlanOps(_ScopedOps):
 
     name = "plan"
 
-    def __init__(self, param_shapes: dict[str, tuple[int, ...]], frac_bits: int):
+    def __init__(self, param_shapes: dict[str, tuple[int, ...]], frac_bits: int,
+                 compare: CompareConfig | None = None):
         super().__init__(None)
         self.param_shapes = param_shapes
         self.frac_bits = frac_bits
+        self.compare = compare or CompareConfig()
         self.items: list[Need] = []
         self.constants: dict[str, tuple[int, ...]] = {}
 
@@ -225,3 +256,19 @@ class PlanOps(_ScopedOps):
 
     def sum(self, x, dim, keepdim=False):
         return x.sum(dim=dim, keepdim=keepdim)
+
+    def relu(self, x):
+        self.items.extend(nonlinear.plan_relu(self._scope, x.shape, self.compare))
+        return self.tensor(x.shape)
+
+    def ltz(self, x):
+        self.items.append(nonlinear.sign_need(self._scope, x.shape, self.compare, relu=False))
+        return Bit(self.tensor(x.shape))
+
+    def select(self, bit, x, y):
+        shape = torch.broadcast_shapes(x.shape, y.shape)
+        self.items.append(Need.make("mul", self._scope, shape=tuple(shape)))
+        return self.tensor(shape)
+
+    def bit_value(self, bit):
+        return self.tensor(bit.shape)

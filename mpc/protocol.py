@@ -13,12 +13,13 @@ through ``reveal_to`` (logged in the meter's reveal log).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from mpc import material
+from mpc import kinds, material
 from protocols.channel import Channel
+from protocols.config import CompareConfig
 from protocols.needs import Need
 from protocols.store import MaterialError, MaterialStore
 
@@ -34,6 +35,7 @@ class Party:
     channel: Channel
     store: MaterialStore
     frac_bits: int
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
     @property
     def name(self) -> str:
@@ -41,13 +43,13 @@ class Party:
 
     def take(self, need: Need) -> dict[str, torch.Tensor]:
         """Own shares (from the seed) plus the dealer's explicit corrections (party 1)."""
-        index, explicit = self.store.take(need, explicit=self.index == SERVER)
-        if explicit:
-            got = {k: tuple(v.shape) for k, v in explicit.items()}
-            if got != material.correction_shapes(need):
-                raise MaterialError(f"{self.name}: stored material {got} for item {index} does "
-                                    f"not match the plan {material.correction_shapes(need)}")
-        shares = material.own_shares(need, index, self.store.seed, self.index)
+        want = kinds.explicit_shapes(need, self.index)
+        index, explicit = self.store.take(need, explicit=bool(want))
+        got = {k: (tuple(v.shape), v.dtype) for k, v in explicit.items()}
+        if got != {k: (tuple(s), d) for k, (s, d) in want.items()}:
+            raise MaterialError(f"{self.name}: stored material {got} for item {index} does "
+                                f"not match the plan {want}")
+        shares = kinds.own(need, index, self.store.seed, self.index)
         shares.update(explicit)
         return shares
 

@@ -30,6 +30,32 @@ class FixedPointConfig:
             raise ConfigError(f"fixed.frac_bits={self.frac_bits} outside [8, 30]")
 
 
+COMPARE_METHODS = ("fss", "bitdecomp")
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Secure comparisons. ``bits``: inputs must satisfy |x| < 2^(bits - 1) ring units
+    (2^(bits - 1 - frac_bits) in value); fewer bits make smaller FSS keys.
+    ``relu_drop_bits`` > 0 makes ReLU Circa-style stochastic (sign test on truncated
+    values; faults only where |x| < 2^drop ulps; fss only)."""
+
+    method: str = "fss"
+    bits: int = 40
+    relu_drop_bits: int = 0
+
+    def __post_init__(self):
+        if self.method not in COMPARE_METHODS:
+            raise ConfigError(f"compare.method={self.method!r}; expected one of {COMPARE_METHODS}")
+        if not 8 <= self.bits <= 64:
+            raise ConfigError(f"compare.bits={self.bits} outside [8, 64]")
+        if not 0 <= self.relu_drop_bits <= self.bits - 4:
+            raise ConfigError(f"compare.relu_drop_bits={self.relu_drop_bits} outside "
+                              f"[0, bits - 4]")
+        if self.relu_drop_bits and self.method != "fss":
+            raise ConfigError("compare.relu_drop_bits (Circa ReLU) needs compare.method='fss'")
+
+
 @dataclass(frozen=True)
 class TransportConfig:
     """Local network settings (not part of the digest)."""
@@ -51,6 +77,7 @@ class TransportConfig:
 @dataclass(frozen=True)
 class Config:
     fixed: FixedPointConfig = field(default_factory=FixedPointConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
     threads: int = 1                 # torch threads per party
 
@@ -60,7 +87,8 @@ class Config:
 
     def digest(self) -> str:
         """Digest of what both parties must agree on (arithmetic, not local tuning)."""
-        agreed = {"fixed": dataclasses.asdict(self.fixed)}
+        agreed = {"fixed": dataclasses.asdict(self.fixed),
+                  "compare": dataclasses.asdict(self.compare)}
         return hashlib.sha256(json.dumps(agreed, sort_keys=True).encode()).hexdigest()[:16]
 
     def with_overrides(self, overrides: list[str]) -> "Config":
@@ -125,6 +153,7 @@ def from_dict(data: dict) -> Config:
     try:
         return Config(
             fixed=FixedPointConfig(**data.get("fixed", {})),
+            compare=CompareConfig(**data.get("compare", {})),
             transport=TransportConfig(**data.get("transport", {})),
             threads=data.get("threads", 1),
         )

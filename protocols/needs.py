@@ -11,6 +11,8 @@ Kinds (shapes are public):
   square    shape
   mul       shape
   trunc     shape, frac_bits
+  dcf       shape, bits, drop, relu (0: sign only, 1: ReLU): an FSS comparison key
+  bitdecomp shape, bits: AND triples and a conversion bit for a bit-decomposition sign test
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-KINDS = ("bilinear", "square", "mul", "trunc")
+KINDS = ("bilinear", "square", "mul", "trunc", "dcf", "bitdecomp")
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,80 @@ class Ops(abc.ABC):
     @abc.abstractmethod
     def shape(self, x) -> tuple[int, ...]: ...
 
+    @abc.abstractmethod
+    def permute(self, x, dims): ...
+
+    @abc.abstractmethod
+    def narrow(self, x, dim: int, start: int, length: int): ...
+
+    @abc.abstractmethod
+    def cat(self, xs, dim: int): ...
+
+    # -- comparisons -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def relu(self, x): ...
+
+    @abc.abstractmethod
+    def ltz(self, x):
+        """The bit [x < 0], in the backend's bit form (use with ``select``/``bit_value``)."""
+
+    @abc.abstractmethod
+    def select(self, bit, x, y):
+        """x where ``bit`` is 1, else y."""
+
+    @abc.abstractmethod
+    def bit_value(self, bit):
+        """A bit as a value (0.0 or 1.0)."""
+
+    def max(self, x, y):
+        """Elementwise maximum: y + relu(x - y)."""
+        return self.add(y, self.relu(self.sub(x, y)))
+
+    def max_last(self, x):
+        """Maximum over the last dimension by a tree of pairwise maxima (log2 rounds)."""
+        n = self.shape(x)[-1]
+        while n > 1:
+            half = n // 2
+            top = self.max(self.narrow(x, -1, 0, half), self.narrow(x, -1, half, half))
+            x = top if n % 2 == 0 else self.cat([top, self.narrow(x, -1, n - 1, 1)], -1)
+            n = self.shape(x)[-1]
+        return x
+
+    def maxpool2d(self, x, k: int):
+        """Non-overlapping k x k max pooling of (B, C, H, W), H and W divisible by k."""
+        b, c, h, w = self.shape(x)
+        if h % k or w % k:
+            raise ValueError(f"maxpool2d: {h}x{w} not divisible by {k}")
+        x = self.reshape(x, (b, c, h // k, k, w // k, k))
+        x = self.permute(x, (0, 1, 2, 4, 3, 5))
+        x = self.reshape(x, (b, c, h // k, w // k, k * k))
+        return self.reshape(self.max_last(x), (b, c, h // k, w // k))
+
+    def argmax(self, x):
+        """One-hot (0.0/1.0) of the maximum over the last dimension: [x_i >= max(x)].
+        Exact ties mark every tied position. Rounds: those of ``max_last`` plus one."""
+        n = self.shape(x)[-1]
+        top = self.max_last(x)                                  # (..., 1)
+        below = self.ltz(self.sub(x, top))                      # x_i < max
+        return self.add_public(self.neg(self.bit_value(below)), 1.0)
+
+    def eq(self, x, y):
+        """[x == y] as a value (0.0/1.0), to the ulp: 1 - [x - y < 0] - [y - x < 0], both
+        sign tests in one batch (one round with fss)."""
+        d = self.sub(x, y)
+        signs = self.bit_value(self.ltz(self.cat([d, self.neg(d)], 0)))
+        n = self.shape(d)[0]
+        both = self.add(self.narrow(signs, 0, 0, n), self.narrow(signs, 0, n, n))
+        return self.add_public(self.neg(both), 1.0)
+
+    def one_hot(self, index, n: int):
+        """One-hot rows (..., n) of integer-valued ``index`` (...,) in [0, n)."""
+        s = self.shape(index)
+        idx = self.reshape(index, s + (1,))
+        cols = torch.arange(n, dtype=torch.float64).expand(s + (n,))
+        zeros = self.mul_public(self.cat([idx] * n, -1), 0.0)
+        return self.eq(self.cat([idx] * n, -1), self.add_public(zeros, cols))
+
     def flatten(self, x, start_dim: int = 1):
         s = self.shape(x)
         rest = 1
@@ -146,3 +220,30 @@ class TorchOps(Ops):
 
     def shape(self, x):
         return tuple(x.shape)
+
+    def permute(self, x, dims):
+        return x.permute(*dims)
+
+    def narrow(self, x, dim, start, length):
+        return x.narrow(dim, start, length)
+
+    def cat(self, xs, dim):
+        return torch.cat(list(xs), dim)
+
+    def relu(self, x):
+        return torch.relu(x)
+
+    def max(self, x, y):
+        return torch.maximum(x, y)
+
+    def max_last(self, x):
+        return x.amax(dim=-1, keepdim=True)
+
+    def ltz(self, x):
+        return (x < 0).to(x.dtype)
+
+    def select(self, bit, x, y):
+        return torch.where(bit.bool(), x, y)
+
+    def bit_value(self, bit):
+        return bit

@@ -30,6 +30,8 @@ import torch
 from protocols.needs import Need, Needs
 
 _LEN = struct.Struct("<I")
+_DTYPES = {torch.int64: "<i8", torch.uint8: "|u1"}
+_NUMPY = {"<i8": np.int64, "|u1": np.uint8}
 MAX_RECORD_HEADER = 1 << 20
 
 
@@ -87,8 +89,9 @@ class MaterialStore:
     def append(self, index: int, kind: str, arrays: dict[str, torch.Tensor]) -> None:
         """Append one explicit record; records must arrive in plan order."""
         self._alive()
-        if index != self.written:
-            raise MaterialError(f"{self.party}: material record {index} where {self.written} was due")
+        if index < self.written:
+            raise MaterialError(f"{self.party}: material record {index} arrived after "
+                                f"record {self.written - 1}")
         need = self.needs.at(index) if index < len(self.needs) else None
         if need is None or need.kind != kind:
             raise MaterialError(f"{self.party}: record {index} of kind {kind!r} does not match "
@@ -96,13 +99,16 @@ class MaterialStore:
         if self._writer is None:
             fd = os.open(self.dir / "material.bin", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             self._writer = os.fdopen(fd, "ab")
+        for name, v in arrays.items():
+            if v.dtype not in _DTYPES:
+                raise MaterialError(f"{self.party}: cannot store {name} of dtype {v.dtype}")
         meta = {"index": index, "kind": kind,
-                "arrays": [[k, list(v.shape)] for k, v in arrays.items()]}
+                "arrays": [[k, list(v.shape), _DTYPES[v.dtype]] for k, v in arrays.items()]}
         head = json.dumps(meta).encode()
         self._writer.write(_LEN.pack(len(head)) + head)
         for v in arrays.values():
-            self._writer.write(v.to(torch.int64).contiguous().numpy().astype("<i8").tobytes())
-        self.written += 1
+            self._writer.write(v.contiguous().numpy().astype(_DTYPES[v.dtype]).tobytes())
+        self.written = index + 1
 
     def finish_writing(self) -> None:
         if self._writer is not None:
@@ -152,12 +158,17 @@ class MaterialStore:
         if meta.get("index") != index:
             raise MaterialError(f"{self.party}: record {meta.get('index')} where {index} was due")
         out = {}
-        for name, shape in meta["arrays"]:
+        for entry in meta["arrays"]:
+            name, shape, dtype = entry if len(entry) == 3 else (*entry, "<i8")
+            if dtype not in _NUMPY:
+                raise MaterialError(f"{self.party}: record {index} has unknown dtype {dtype!r}")
+            np_dtype = np.dtype(dtype)
             count = int(np.prod(shape)) if shape else 1
-            data = self._reader.read(8 * count)
-            if len(data) != 8 * count:
+            data = self._reader.read(np_dtype.itemsize * count)
+            if len(data) != np_dtype.itemsize * count:
                 raise MaterialError(f"{self.party}: material record {index} truncated")
-            out[name] = torch.from_numpy(np.frombuffer(data, "<i8").astype(np.int64)).reshape(shape)
+            arr = np.frombuffer(data, np_dtype).astype(_NUMPY[dtype])
+            out[name] = torch.from_numpy(arr).reshape(shape)
         return out
 
     # -- constant-operand material ---------------------------------------------------------

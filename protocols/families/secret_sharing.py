@@ -31,9 +31,9 @@ from protocols.needs import Needs
 from protocols.store import MaterialError, MaterialStore
 
 
-def plan(spec, input_shape, frac_bits: int, inferences: int = 1) -> Needs:
+def plan(spec, input_shape, config, inferences: int = 1) -> Needs:
     """Exactly what the online phase will consume, from public facts only."""
-    ops = PlanOps(spec.params, frac_bits)
+    ops = PlanOps(spec.params, config.fixed.frac_bits, config.compare)
     spec.forward(ops, PlanOps.tensor(input_shape))
     return Needs(tuple(ops.items), tuple(sorted(ops.constants.items())), inferences)
 
@@ -43,7 +43,7 @@ class _MpcRole:
 
     def _setup(self, ctx: RoleContext):
         self.f = ctx.config.fixed.frac_bits
-        self.needs = plan(ctx.spec, ctx.input_shape, self.f, ctx.inferences)
+        self.needs = plan(ctx.spec, ctx.input_shape, ctx.config, ctx.inferences)
         self.store: MaterialStore | None = None
         self.party: Party | None = None
 
@@ -61,7 +61,7 @@ class _MpcRole:
                                frac_bits=self.f, needs=self.needs)
         finally:
             dealer.close()
-        self.party = Party(self.party_index, ctx.channel, self.store, self.f)
+        self.party = Party(self.party_index, ctx.channel, self.store, self.f, ctx.config.compare)
 
     def storage_bytes(self) -> int:
         return self.store.storage_bytes() if self.store else 0

@@ -104,7 +104,7 @@ def test_random_mlp_matches_float64_and_uses_the_pool_exactly(tmp_path, seed, f)
     assert cctx.meter.total("offline", "weights").payload_received == 8 * n_w
     assert sctx.meter.total("offline", "weights").payload_sent == 8 * n_w
     # exact online traffic: every item is one round of its formula, plus the output reveal
-    items = plan(spec, xs[0].shape, f).items
+    items = plan(spec, xs[0].shape, config(f)).items
     per_inference = sum(item_payload(n) for n in items)
     out_bytes = 8 * outs[0].numel()
     c, s = cctx.meter.total("online"), sctx.meter.total("online")
