@@ -13,7 +13,8 @@ from benchmarks.records import base_record
 from client.api import PrivateInference
 from client.reference import fidelity, plaintext_forward
 
-ERROR_BUDGET = {"digits-mlp": 0.01, "digits-cnn": 0.01}   # max |logit error|, 16 frac bits
+ERROR_BUDGET = {"digits-mlp": 0.01, "digits-cnn": 0.01,   # max |logit error|, 16 frac bits
+                "digits-mlp-relu": 0.01, "digits-cnn-relu": 0.01}
 
 
 def run_session(dep, model: str, protocol: str, inputs: list[torch.Tensor], workdir: Path):

@@ -19,12 +19,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save
 
-from models.digits import DIGITS_CNN, DIGITS_MLP, as_model_input, load_split
+from models.digits import (DIGITS_CNN, DIGITS_CNN_RELU, DIGITS_MLP, DIGITS_MLP_RELU,
+                           as_model_input, load_split)
 from models.spec import WEIGHTS_DIR, ModelSpec
 from protocols.ops import TorchOps
 
-SPECS = {s.name: s for s in (DIGITS_MLP, DIGITS_CNN)}
-DEFAULT_EPOCHS = {"digits-mlp": 40, "digits-cnn": 40}
+SPECS = {s.name: s for s in (DIGITS_MLP, DIGITS_CNN, DIGITS_MLP_RELU, DIGITS_CNN_RELU)}
+DEFAULT_EPOCHS = {"digits-mlp": 40, "digits-cnn": 40, "digits-mlp-relu": 40, "digits-cnn-relu": 40}
 BATCH, LR, WEIGHT_DECAY, ACT_PENALTY = 32, 1e-2, 1e-4, 1e-4
 
 

@@ -16,7 +16,8 @@ from tests.helpers import run_family
 SUBSET = 40   # the benchmark runs all 360
 
 
-@pytest.mark.parametrize("model", ["digits-mlp", "digits-cnn"])
+@pytest.mark.parametrize("model", ["digits-mlp", "digits-cnn", "digits-mlp-relu",
+                                   "digits-cnn-relu"])
 def test_mpc_agrees_with_plaintext_on_test_images(model, tmp_path):
     spec = get_model(model)
     weights = spec.load_weights()
