@@ -181,6 +181,9 @@ class MpcOps(_ScopedOps):
     def bit_value(self, bit):
         return bit.share << self.f
 
+    def bit_scale(self, bit, coeffs):
+        return bit.share * fixed.encode(torch.as_tensor(coeffs, dtype=torch.float64), self.f)
+
 
 def _bit_like(bit: Bit, x) -> Bit:
     return bit if tuple(bit.shape) == tuple(x.shape) else Bit(bit.share.expand(x.shape))
@@ -272,3 +275,6 @@ class PlanOps(_ScopedOps):
 
     def bit_value(self, bit):
         return self.tensor(bit.shape)
+
+    def bit_scale(self, bit, coeffs):
+        return self.tensor(torch.broadcast_shapes(bit.shape, torch.as_tensor(coeffs).shape))

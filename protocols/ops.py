@@ -96,6 +96,10 @@ class Ops(abc.ABC):
     def bit_value(self, bit):
         """A bit as a value (0.0 or 1.0)."""
 
+    @abc.abstractmethod
+    def bit_scale(self, bit, coeffs):
+        """The value coeffs * bit, exactly (public float coefficients broadcast to the bit)."""
+
     def max(self, x, y):
         """Elementwise maximum: y + relu(x - y)."""
         return self.add(y, self.relu(self.sub(x, y)))
@@ -247,3 +251,6 @@ class TorchOps(Ops):
 
     def bit_value(self, bit):
         return bit
+
+    def bit_scale(self, bit, coeffs):
+        return bit * torch.as_tensor(coeffs, dtype=bit.dtype, device=bit.device)

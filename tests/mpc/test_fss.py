@@ -128,7 +128,9 @@ def test_key_bytes_match_the_correction_words(n, p):
 
 def test_key_bytes_64_bit_sign_is_about_1_5_kb():
     # REFERENCES.md: DCF keys for 64-bit inputs are about 1.5 KB per comparison per party
-    assert 1000 <= fss.key_bytes(63, 2) <= 2000
+    # (a sign test, one payload word: 63 levels); ReLU's second payload word adds 8 B/level
+    assert fss.key_bytes(63, 1) == 1583
+    assert fss.key_bytes(63, 2) == 1583 + 63 * 8 + 8
 
 
 # -- a single key looks random ---------------------------------------------------------------------

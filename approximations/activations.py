@@ -1,0 +1,120 @@
+"""Activation functions written once against Ops: GeLU (three forms) and SiLU.
+
+Piecewise functions compare the input with every breakpoint in one batched sign test,
+evaluate each polynomial piece on a clipped input (so that no power overflows the
+truncation bound), and combine the pieces with one batched select:
+  f(x) = p_0 [x >= t_0] + sum_k (p_k - p_{k-1}) [x >= t_k]  (p_k: the piece right of t_k).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from approximations.core import SigmoidParams, clip, stack_last, tanh
+
+
+def _horner_powers(ops, x, degree: int) -> dict[int, object]:
+    """x^1 .. x^degree with products batched by depth (x^2; x^3, x^4; x^5, x^6)."""
+    p = {1: x, 2: ops.square(x)}
+    if degree >= 3:
+        both = ops.mul(ops.cat([p[2], p[2]], 0), ops.cat([x, p[2]], 0))
+        n = ops.shape(x)[0]
+        p[3], p[4] = ops.narrow(both, 0, 0, n), ops.narrow(both, 0, n, n)
+    if degree >= 5:
+        both = ops.mul(ops.cat([p[4], p[4]], 0), ops.cat([x, p[2]], 0))
+        p[5], p[6] = ops.narrow(both, 0, 0, n), ops.narrow(both, 0, n, n)
+    return p
+
+
+def _poly(ops, powers, coeffs: dict[int, float]):
+    out = None
+    for k, c in coeffs.items():
+        if k == 0 or c == 0:
+            continue
+        term = ops.mul_public(powers[k], c)
+        out = term if out is None else ops.add(out, term)
+    return ops.add_public(out, coeffs.get(0, 0.0))
+
+
+def piecewise(ops, x, breakpoints: list[float], pieces: list):
+    """sum of pieces[k] on [t_{k-1}, t_k): pieces[0] left of t_0 is 0 here (all our pieces
+    vanish at the far left); pieces[k] (k >= 1) are values for x >= breakpoints[k-1]."""
+    m = len(breakpoints)
+    ge_below = ops.ltz(ops.add_public(stack_last(ops, x, m), torch.tensor([-t for t in breakpoints])))
+    diffs = [pieces[0]] + [ops.sub(pieces[k], pieces[k - 1]) for k in range(1, m)]
+    stacked = ops.cat([ops.reshape(d, ops.shape(d) + (1,)) for d in diffs], -1)
+    zero = ops.mul_public(stacked, 0.0)
+    return ops.sum(ops.select(ge_below, zero, stacked), -1)      # keep where x >= t_k
+
+
+@dataclass(frozen=True)
+class GeluPumaParams:
+    """PUMA's GeLU: 0 below -4; a cubic on [-4, -1.95); a degree-6 polynomial on
+    [-1.95, 3]; x above 3. Pieces are evaluated on x clipped to [clip_lo, clip_hi].
+    Domain: all x. Cost: 1 clip round, 1 comparison round (3 tests), 6 rounds of powers,
+    1 select round. Published error: max < 0.0141, mean < 0.0017."""
+
+    clip_lo: float = -4.0
+    clip_hi: float = 3.0
+
+
+CUBIC = {3: -0.011034134030615728, 2: -0.11807612951181953, 1: -0.42226581151983866,
+         0: -0.5054031199708174}
+SEXTIC = {6: 0.0018067462606141187, 4: -0.037688200365904236, 2: 0.3603292692789629,
+          1: 0.5, 0: 0.008526321541038084}
+
+
+def gelu_puma(ops, x, p: GeluPumaParams = GeluPumaParams()):
+    xc = clip(ops, x, p.clip_lo, p.clip_hi)
+    pw = _horner_powers(ops, xc, 6)
+    return piecewise(ops, x, [-4.0, -1.95, 3.0], [_poly(ops, pw, CUBIC), _poly(ops, pw, SEXTIC), x])
+
+
+@dataclass(frozen=True)
+class GeluQuadParams:
+    """MPCFormer's "Quad" GeLU: 0.125 x^2 + 0.5 x + 0.25. Meant for distilled models: its
+    error against GeLU grows away from 0 (reported, not hidden). Cost: 2 rounds."""
+
+
+def gelu_quad(ops, x, p: GeluQuadParams = GeluQuadParams()):
+    return ops.add_public(ops.add(ops.mul_public(ops.square(x), 0.125), ops.mul_public(x, 0.5)), 0.25)
+
+
+@dataclass(frozen=True)
+class GeluTanhParams:
+    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) on x clipped to [-clip, clip] for the
+    cubic (GeLU is x or 0 beyond it to within 1e-10). Domain: all x."""
+
+    clip: float = 8.0
+    sigmoid: SigmoidParams = SigmoidParams()
+
+
+def gelu_tanh(ops, x, frac_bits: int, p: GeluTanhParams = GeluTanhParams()):
+    xc = clip(ops, x, -p.clip, p.clip)
+    inner = ops.mul_public(ops.add(xc, ops.mul_public(ops.mul(ops.square(xc), xc), 0.044715)),
+                           math.sqrt(2 / math.pi))
+    t = tanh(ops, inner, frac_bits, p.sigmoid)
+    return ops.mul(ops.mul_public(x, 0.5), ops.add_public(t, 1.0))
+
+
+@dataclass(frozen=True)
+class SiluParams:
+    """Piecewise SiLU (MPCache's harness): 0 below -8; -0.30675 - 0.08198 x - 0.0055466 x^2
+    on [-8, -4); 0.0085064 + 0.5 x + 0.228143 x^2 - 0.011113 x^4 + 0.00027438 x^6 on
+    [-4, 4]; x above 4. Pieces on x clipped to [-8, 4]. Domain: all x."""
+
+    clip_lo: float = -8.0
+    clip_hi: float = 4.0
+
+
+SILU_LEFT = {0: -0.30675, 1: -0.08198, 2: -0.0055466}
+SILU_MID = {0: 0.0085064, 1: 0.5, 2: 0.228143, 4: -0.011113, 6: 0.00027438}
+
+
+def silu(ops, x, p: SiluParams = SiluParams()):
+    xc = clip(ops, x, p.clip_lo, p.clip_hi)
+    pw = _horner_powers(ops, xc, 6)
+    return piecewise(ops, x, [-8.0, -4.0, 4.0], [_poly(ops, pw, SILU_LEFT), _poly(ops, pw, SILU_MID), x])
