@@ -8,13 +8,18 @@ import sys
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     names = {"demo": "benchmarks.demo", "foundation": "benchmarks.foundation",
-             "ring-speed": "benchmarks.ring_speed"}
+             "ring-speed": "benchmarks.ring_speed", "nonlinear": "benchmarks.nonlinear",
+             "approximations": "benchmarks.approx_errors",
+             "crypten-baseline": "benchmarks.crypten_baseline"}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in names:
         print("usage: python -m benchmarks {" + ",".join(names) + "} [options]\n\n"
               "  demo        dealer, server and client on loopback (mTLS), digits models under\n"
               "              plaintext and mpc, side-by-side table (what `make demo` runs)\n"
               "  foundation  the foundation benchmark: records and tables in benchmarks/results\n"
               "  ring-speed  int64 against float64 matmul/conv2d, one thread\n"
+              "  nonlinear   ReLU 100k and softmax 128x128: every mpc method against CrypTen\n"
+              "  approximations  error table of every approximation (float64 and mpc)\n"
+              "  crypten-baseline  CrypTen 0.4.1 alone (TFP, TTP)\n"
               "Each takes --help.")
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
     module = __import__(names[argv[0]], fromlist=["main"])

@@ -3,7 +3,7 @@
 For x with -2^(n-1) <= x < 2^(n-1) (ring units) and k dropped low bits (k = 0: exact;
 k > 0: Circa-style stochastic sign test):
   1. open c = x + r (r uniform in Z_2^64 from the dealer): 8 bytes each way;
-  2. y = (c >> k) mod 2^m with m = n - k, split into its top bit y_hi and y_lo; the dealer
+  2. y = (c >> k) mod 2^m with m = n - k (n - k + 1 when k > 0), split into its top bit y_hi and y_lo; the dealer
      made a DCF key for alpha = rho_lo, where rho = (r >> k) mod 2^m, with payload
      beta = (1 - 2 rho_hi) [and r (1 - 2 rho_hi) for ReLU];
   3. evaluating the key at y_lo gives shares of u = (1 - 2 rho_hi) 1{y_lo < rho_lo}; with
@@ -13,7 +13,9 @@ k > 0: Circa-style stochastic sign test):
      + w) and w is the DCF's second payload: still linear, so still one round.
 b = 1 exactly when floor(x / 2^k) + carry < 0 (carry in {0, 1} from the dropped bits): with
 k = 0 that is x < 0; with k > 0 the test can be wrong only for |x| < 2^k (Circa's faults,
-where ReLU's error is below 2^k ulps). Outside the range the result is that of x mod 2^n.
+where ReLU's error is below 2^k ulps; the test then runs on m = n - k + 1 bits so that the
+carry cannot flip the sign at the top of the range). Outside the range the result is that
+of x mod 2^n.
 
 Communication: 1 round; each party sends 8 bytes per element.
 Offline: the dealer sends each party the DCF correction words, (m - 1)(17 + 8p) + 8p bytes
@@ -38,7 +40,9 @@ _U = np.uint64
 def params(need) -> tuple[int, int, int, int]:
     """(elements, DCF levels m - 1, dropped bits k, payload words p)."""
     n, k = need.get("bits"), need.get("drop")
-    m = n - k
+    # with dropped bits, floor(x / 2^k) + carry can reach 2^(n-1-k): one more bit keeps it
+    # positive (at n = 64 there is none to add: the bound is then x < 2^63 - 2^k)
+    m = n - k + (1 if k and n < 64 else 0)
     if not 2 <= m <= 64 or k < 0 or n > 64:
         raise ValueError(f"comparison on {n} bits dropping {k} is not possible")
     return math.prod(need.get("shape")), m - 1, k, 2 if need.get("relu") else 1

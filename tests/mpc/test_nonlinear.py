@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from models.spec import ModelSpec
-from mpc import fixed, fss, nonlinear
+from mpc import compare, fixed, fss, nonlinear
 from mpc.nonlinear import Bit
 from protocols.config import CompareConfig, Config
 from protocols.needs import Need
@@ -94,9 +94,11 @@ def inside_values(bits: int, gen: torch.Generator, count: int = 3000) -> torch.T
     edges = torch.cat([top - d, bottom + d,
                        torch.tensor([0, 1, -1, 2, -2, 1 << F_BITS, -(1 << F_BITS)])])
     uniform = ring_random((count,), gen) >> (64 - bits)          # uniform in [-2^(b-1), 2^(b-1))
-    small = torch.randint(-(1 << 20), 1 << 20, (count,), generator=gen, dtype=torch.int64)
+    lim = min(1 << 20, half)
+    small = torch.randint(-lim, lim, (count,), generator=gen, dtype=torch.int64)
     mults = torch.arange(-30, 31, dtype=torch.int64) << F_BITS
     x = torch.cat([edges, uniform, small, mults])
+    x = x[(x >= bottom) & (x <= top)]
     assert int(x.max()) == top and int(x.min()) == bottom
     return x
 
@@ -220,9 +222,10 @@ def _material_bytes(store) -> int:
                          ids=cid)
 def test_dealer_bytes_for_an_fss_relu(tmp_path, cfg):
     n = 23
-    levels = cfg.bits - cfg.relu_drop_bits - 1
+    levels = _dcf_levels(cfg, (n,))
     gen = torch.Generator().manual_seed(70)
-    x = inside_values(cfg.bits, gen, count=10)[:n]
+    # values well inside the bound (the top edge has its own test below)
+    x = torch.randint(-(1 << 30), 1 << 30, (n,), generator=gen, dtype=torch.int64)
     pair = ProtocolPair(needs_of(*relu_needs(cfg, x.shape)), tmp_path, frac_bits=F_BITS)
     keys = fss.key_bytes(levels, 2) * n
     extra = 16 * n                                  # party 1: hi and rhi corrections
@@ -238,6 +241,15 @@ def test_dealer_bytes_for_an_fss_relu(tmp_path, cfg):
     assert torch.equal(a + b, torch.clamp(x, min=0))
     assert [s.remaining for s in pair.stores] == [0, 0]
     pair.close()
+
+
+def _dcf_levels(cfg, shape) -> int:
+    """DCF levels of a ReLU key: bits - 1 exact; bits - k - 1 with k dropped bits (bits - k
+    once the Circa top-edge fix proposed below adds a level)."""
+    levels = compare.params(nonlinear.sign_need("r", shape, cfg, relu=True))[1]
+    k = cfg.relu_drop_bits
+    assert levels == cfg.bits - 1 if k == 0 else levels in (cfg.bits - k - 1, cfg.bits - k)
+    return levels
 
 
 def test_dealer_bytes_for_sign_tests(tmp_path):
@@ -266,14 +278,15 @@ def test_circa_keys_are_smaller(tmp_path):
         _, pair = reveal_relu(tmp_path, cfg, x, keep=True)
         got[cfg.relu_drop_bits] = _offline_received(pair)
         pair.close()
-    assert got[0][0] - got[12][0] == (fss.key_bytes(39, 2) - fss.key_bytes(27, 2)) * n
+    circa = _dcf_levels(CompareConfig(method="fss", bits=40, relu_drop_bits=12), (n,))
+    assert got[0][0] - got[12][0] == (fss.key_bytes(39, 2) - fss.key_bytes(circa, 2)) * n
     assert all(a > b for a, b in zip(got[0], got[12]))
 
 
 # -- Circa ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("k", (8, 12))
-def test_circa_faults_only_near_zero(tmp_path, k):
-    cfg = CompareConfig(method="fss", bits=40, relu_drop_bits=k)
+@pytest.mark.parametrize("bits,k", [(40, 8), (40, 12), (64, 12)])
+def test_circa_faults_only_near_zero(tmp_path, bits, k):
+    cfg = CompareConfig(method="fss", bits=bits, relu_drop_bits=k)
     K = 1 << k
     gen = torch.Generator().manual_seed(80 + k)
     x = torch.randint(-4 * K, 4 * K + 1, (20_000,), generator=gen, dtype=torch.int64)
@@ -301,6 +314,15 @@ def test_circa_faults_only_near_zero(tmp_path, k):
     # the sign test itself stays exact under the same config (drop applies to ReLU only)
     b, _ = reveal_ltz(tmp_path, cfg, x, gen)
     assert torch.equal(b, (x < 0).to(torch.int64))
+
+
+@pytest.mark.parametrize("k", (8, 12))
+def test_circa_top_edge_of_the_bound(tmp_path, k):
+    cfg = CompareConfig(method="fss", bits=40, relu_drop_bits=k)
+    top = (1 << 39) - 1
+    x = top - torch.arange(0, 1 << k, dtype=torch.int64)      # inside |x| < 2^(bits-1)
+    y, _ = reveal_relu(tmp_path, cfg, x)
+    assert torch.equal(y, x), f"{int((y != x).sum())} of {x.numel()} values gave {y[y != x][:3].tolist()}"
 
 
 # -- Ops defaults through the family, against TorchOps float64 --------------------------------------
