@@ -62,6 +62,7 @@ def _party(index, name, shape, x, overrides, peer_q, dealer_q, store, result_q, 
         result_q.put((index, {"offline_s": t1 - t0, "online_s": t2 - t1,
                               "summary": meter.summary(),
                               "dealer": meter.total("offline", "dealer").as_dict(),
+                              "op": meter.total("online", "op").as_dict(),
                               "storage": peak, "y": None if y is None else y.numpy()}))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
         result_q.put((index, {"error": f"{type(exc).__name__}: {exc}"}))

@@ -40,19 +40,22 @@ _CLEAR = np.uint64(0xFFFFFFFFFFFFFFFE)
 
 def prg(seeds: np.ndarray, p: int):
     """G(s): (sL, tL, sR, tR, vL, vR) for seeds (N, 2) uint64 (128 bits each); t* are
-    (N,) uint64 bits, v* (N, p) uint64."""
+    (N,) uint64 bits, v* (N, p) uint64. Blocks are laid out block-major so that every
+    output is a contiguous array."""
     blocks = 2 + p
-    x = seeds[:, None, :] ^ _C[None, :blocks, :]                      # (N, blocks, 2)
+    x = np.empty((blocks, len(seeds), 2), dtype=np.uint64)
+    np.bitwise_xor(seeds[None, :, :], _C[:blocks, None, :], out=x)
     buf = bytearray(x.nbytes + 16)
     _ECB.encryptor().update_into(memoryview(x).cast("B"), buf)
     out = np.frombuffer(buf, dtype=np.uint64, count=x.size).reshape(x.shape)
     out ^= x
-    sL, sR = out[:, 0, :], out[:, 1, :]
+    sL, sR = out[0], out[1]
     tL, tR = sL[:, 0] & _LOW, sR[:, 0] & _LOW
     sL[:, 0] &= _CLEAR
     sR[:, 0] &= _CLEAR
-    words = out[:, 2:, :].reshape(len(seeds), -1)                     # (N, 2p)
-    return sL, tL, sR, tR, words[:, :p], words[:, p:2 * p]
+    if p == 1:
+        return sL, tL, sR, tR, out[2][:, :1], out[2][:, 1:]
+    return sL, tL, sR, tR, out[2], out[3]
 
 
 def _convert(seeds: np.ndarray, p: int) -> np.ndarray:
