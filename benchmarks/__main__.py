@@ -10,7 +10,8 @@ def main(argv=None) -> None:
     names = {"demo": "benchmarks.demo", "foundation": "benchmarks.foundation",
              "ring-speed": "benchmarks.ring_speed", "nonlinear": "benchmarks.nonlinear",
              "approximations": "benchmarks.approx_errors",
-             "crypten-baseline": "benchmarks.crypten_baseline"}
+             "crypten-baseline": "benchmarks.crypten_baseline",
+             "relu-models": "benchmarks.relu_models"}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in names:
         print("usage: python -m benchmarks {" + ",".join(names) + "} [options]\n\n"
               "  demo        dealer, server and client on loopback (mTLS), digits models under\n"
@@ -20,6 +21,7 @@ def main(argv=None) -> None:
               "  nonlinear   ReLU 100k and softmax 128x128: every mpc method against CrypTen\n"
               "  approximations  error table of every approximation (float64 and mpc)\n"
               "  crypten-baseline  CrypTen 0.4.1 alone (TFP, TTP)\n"
+              "  relu-models ReLU digits models: exact, Circa and bit-decomposition ReLU\n"
               "Each takes --help.")
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
     module = __import__(names[argv[0]], fromlist=["main"])

@@ -17,11 +17,12 @@ ERROR_BUDGET = {"digits-mlp": 0.01, "digits-cnn": 0.01,   # max |logit error|, 1
                 "digits-mlp-relu": 0.01, "digits-cnn-relu": 0.01}
 
 
-def run_session(dep, model: str, protocol: str, inputs: list[torch.Tensor], workdir: Path):
+def run_session(dep, model: str, protocol: str, inputs: list[torch.Tensor], workdir: Path,
+                config=None):
     """One session: offline for len(inputs) inferences, then each input; returns
     (outputs, record)."""
     s = PrivateInference(model=model, protocol=protocol, server=dep.server_address,
-                         dealer=dep.dealer_address, tls=dep.client_tls(),
+                         dealer=dep.dealer_address, tls=dep.client_tls(), config=config,
                          inferences=len(inputs), batch=inputs[0].shape[0],
                          store_root=workdir / "client-store")
     with s:
