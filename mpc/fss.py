@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 _KEY = bytes.fromhex("a3f1c2d4e5b60718293a4b5c6d7e8f90")   # public, fixed
 _ECB = Cipher(algorithms.AES(_KEY), modes.ECB())
 MAX_PAYLOAD = 2
+CHUNK = 8192   # keys per pass: keeps each level's arrays in cache
 
 
 def _constants(m: int) -> np.ndarray:
@@ -86,6 +87,17 @@ def seeds_from_bytes(raw: np.ndarray) -> np.ndarray:
 def gen(alpha: np.ndarray, beta: np.ndarray, n: int, s0: np.ndarray, s1: np.ndarray) -> dict:
     """Correction words for N keys. alpha (N,) uint64 < 2^n; beta (N, p) uint64; root
     seeds s0, s1 (N, 2) uint64 (each party's own, from its PRG seed)."""
+    if len(alpha) <= CHUNK:
+        return _gen(alpha, beta, n, s0, s1)
+    parts = [_gen(alpha[a:a + CHUNK], beta[a:a + CHUNK], n, s0[a:a + CHUNK], s1[a:a + CHUNK])
+             for a in range(0, len(alpha), CHUNK)]
+    return {"s_cw": np.concatenate([q["s_cw"] for q in parts], axis=1),
+            "v_cw": np.concatenate([q["v_cw"] for q in parts], axis=1),
+            "t_cw": np.concatenate([q["t_cw"] for q in parts], axis=1),
+            "final": np.concatenate([q["final"] for q in parts])}
+
+
+def _gen(alpha: np.ndarray, beta: np.ndarray, n: int, s0: np.ndarray, s1: np.ndarray) -> dict:
     N, p = beta.shape
     if not 1 <= p <= MAX_PAYLOAD:
         raise ValueError(f"payload of {p} words; at most {MAX_PAYLOAD}")
@@ -124,6 +136,18 @@ def gen(alpha: np.ndarray, beta: np.ndarray, n: int, s0: np.ndarray, s1: np.ndar
 
 def eval_(party: int, root: np.ndarray, cw: dict, y: np.ndarray, n: int) -> np.ndarray:
     """Party ``party``'s shares (N, p) uint64 of f(y) for y (N,) uint64 < 2^n."""
+    if len(y) <= CHUNK:
+        return _eval(party, root, cw, y, n)
+    parts = []
+    for a in range(0, len(y), CHUNK):
+        sl = slice(a, a + CHUNK)
+        part = {"s_cw": cw["s_cw"][:, sl], "v_cw": cw["v_cw"][:, sl], "t_cw": cw["t_cw"][:, sl],
+                "final": cw["final"][sl]}
+        parts.append(_eval(party, root[sl], part, y[sl], n))
+    return np.concatenate(parts)
+
+
+def _eval(party: int, root: np.ndarray, cw: dict, y: np.ndarray, n: int) -> np.ndarray:
     p = cw["final"].shape[1]
     s = root
     t = np.full(len(y), party, np.uint64)
