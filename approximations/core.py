@@ -35,7 +35,8 @@ def stack_last(ops, x, m: int):
 
 def normalize(ops, x, lo: int, hi: int):
     """For x in [2^lo, 2^hi): (x * 2^-(e+1) in [0.5, 1), 2^-(e+1), 2^-(e+1)/2), e = floor(log2 x).
-    Below 2^lo x is scaled as if e = lo; from 2^hi on as if e = hi - 1.
+    Below 2^lo x is scaled as if e = lo; from 2^hi on as if e = hi - 1. The constants 2^j
+    must be encodable: hi <= 31 - frac_bits (else the encoder raises, naming the value).
     Rounds: 1 (batched comparisons) + 2 (one product and its truncation)."""
     js = list(range(lo + 1, hi))
     if not js:
@@ -81,7 +82,9 @@ def exp_neg(ops, x, frac_bits: int, p: ExpParams = ExpParams()):
 @dataclass(frozen=True)
 class ReciprocalParams:
     """1/x for x in [2^lo, 2^hi) (x > 0): normalize, then Newton y <- y (2 - x y) from
-    y0 = 2.9142 - 2 x on [0.5, 1). Cost: 3 + 4 * iterations + 2 rounds."""
+    y0 = 2.9142 - 2 x on [0.5, 1). Cost: 3 + 1 + 4 * iterations + 2 rounds. Outside the
+    range: below 2^lo too small but positive; above 2^hi it degrades (-10% at 1.37 * 2^hi),
+    turns negative near 1.46 * 2^hi and to garbage from 2^(hi+2): clip first if needed."""
 
     lo: int = -10
     hi: int = 10
@@ -98,8 +101,10 @@ def reciprocal(ops, x, p: ReciprocalParams = ReciprocalParams()):
 
 @dataclass(frozen=True)
 class RsqrtParams:
-    """1/sqrt(x) for x in [2^lo, 2^hi): normalize, Newton y <- y (3 - x y^2) / 2 from the
-    chord y0 = 1.8284 - 0.8284 x on [0.5, 1). Cost: 3 + 6 * iterations + 2 rounds."""
+    """1/sqrt(x) for x in [2^lo, 2^hi): normalize, Newton y <- y (1.5 - (x/2) y^2) from the
+    chord y0 = 1.8284 - 0.8284 x on [0.5, 1). Cost: 3 + 1 + 6 * iterations + 2 rounds.
+    Outside the range: below 2^lo the result is too small but positive; above 2^hi it
+    degrades (-30% at 2^(hi+1)) and turns to garbage from 2^(hi+2): clip first if needed."""
 
     lo: int = -10
     hi: int = 10
@@ -108,10 +113,13 @@ class RsqrtParams:
 
 def rsqrt(ops, x, p: RsqrtParams = RsqrtParams()):
     xn, _, sscale = normalize(ops, x, p.lo, p.hi)
-    y = ops.add_public(ops.mul_public(xn, -0.8284), 1.8284)
+    both = ops.mul_public(ops.cat([xn, xn], 0), torch.tensor([-0.8284, -0.5]).reshape(
+        (2,) + (1,) * (len(ops.shape(xn)) - 1)).repeat_interleave(ops.shape(xn)[0], 0))
+    n = ops.shape(xn)[0]
+    y = ops.add_public(ops.narrow(both, 0, 0, n), 1.8284)        # chord
+    half = ops.narrow(both, 0, n, n)                             # -x/2, once
     for _ in range(p.iterations):
-        t = ops.mul(xn, ops.square(y))
-        y = ops.mul(y, ops.add_public(ops.mul_public(t, -0.5), 1.5))
+        y = ops.mul(y, ops.add_public(ops.mul(half, ops.square(y)), 1.5))
     return ops.mul(y, sscale)
 
 

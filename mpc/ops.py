@@ -155,9 +155,11 @@ class MpcOps(_ScopedOps):
         return self._trunc(protocol.bilinear_shared(self.party, x, y, need, self._scope))
 
     def mul_public(self, x, c):
-        if float(c).is_integer():
-            return x * int(c)
-        return self._trunc(x * int(fixed.encode(torch.tensor(float(c)), self.f)))
+        c = torch.as_tensor(c, dtype=torch.float64)
+        if bool((c == c.round()).all()):
+            return x * c.to(torch.int64)
+        z = x * fixed.encode(c, self.f)
+        return self._trunc(z)
 
     def add_public(self, x, c):
         if self.party.index == CLIENT:
@@ -252,7 +254,9 @@ class PlanOps(_ScopedOps):
         return self._trunc(out)
 
     def mul_public(self, x, c):
-        return x if float(c).is_integer() else self._trunc(x.shape)
+        c = torch.as_tensor(c, dtype=torch.float64)
+        shape = torch.broadcast_shapes(x.shape, c.shape)
+        return self.tensor(shape) if bool((c == c.round()).all()) else self._trunc(shape)
 
     def add_public(self, x, c):
         return x

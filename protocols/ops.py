@@ -55,8 +55,9 @@ class Ops(abc.ABC):
         """Product of two activations (batched over leading dims)."""
 
     @abc.abstractmethod
-    def mul_public(self, x, c: float):
-        """Multiply by a public constant."""
+    def mul_public(self, x, c):
+        """Multiply by a public constant (a float, or a float tensor broadcast to x):
+        one truncation for all of it."""
 
     @abc.abstractmethod
     def add_public(self, x, c: float): ...
@@ -211,7 +212,7 @@ class TorchOps(Ops):
         return x @ y
 
     def mul_public(self, x, c):
-        return x * c
+        return x * torch.as_tensor(c, dtype=x.dtype, device=x.device) if torch.is_tensor(c) else x * c
 
     def add_public(self, x, c):
         return x + c
