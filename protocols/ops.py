@@ -128,7 +128,6 @@ class Ops(abc.ABC):
     def argmax(self, x):
         """One-hot (0.0/1.0) of the maximum over the last dimension: [x_i >= max(x)].
         Exact ties mark every tied position. Rounds: those of ``max_last`` plus one."""
-        n = self.shape(x)[-1]
         top = self.max_last(x)                                  # (..., 1)
         below = self.ltz(self.sub(x, top))                      # x_i < max
         return self.add_public(self.neg(self.bit_value(below)), 1.0)

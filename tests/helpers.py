@@ -66,3 +66,26 @@ def run_family(family, spec, weights, inputs, tmp_path, **kw):
 
     outs, _ = run_pair(run_client, run_server)
     return outs, cctx, sctx, (client, server)
+
+
+def planned_online_bytes(needs) -> int:
+    """Bytes each party sends online for one inference of ``needs`` (protocol formulas:
+    mpc.protocol, mpc.compare, mpc.bitdecomp), output reveal excluded."""
+    import math
+
+    from mpc import bitdecomp
+
+    total = 0
+    for need in needs.items:
+        if need.kind == "bilinear":
+            n = math.prod(need.get("a_shape"))
+            total += 8 * (n if need.get("const") else n + math.prod(need.get("b_shape")))
+            continue
+        n = math.prod(need.get("shape"))
+        if need.kind == "mul":
+            total += 16 * n
+        elif need.kind == "bitdecomp":
+            total += (16 * bitdecomp.params(need)[2] + 1) * n
+        else:                                   # square, trunc, dcf: one masked opening
+            total += 8 * n
+    return total

@@ -30,11 +30,10 @@ from approximations import activations as act
 from approximations import core
 from approximations import normalization as nm
 from models.spec import ModelSpec
-from mpc.fixed import EncodingError
 from protocols.channel import run_pair
 from protocols.ops import TorchOps
 from protocols.registry import get_family
-from tests.helpers import make_contexts, run_family
+from tests.helpers import make_contexts, planned_online_bytes, run_family
 
 F_BITS = 16
 ULP = 2.0 ** -F_BITS
@@ -125,8 +124,15 @@ def spec_of(fn, x: torch.Tensor) -> ModelSpec:
 
 
 def mpc(fn, x: torch.Tensor, tmp_path: Path):
-    """fn(ops, x) under mpc; the output and the client's online Counters inside fn."""
-    outs, cctx, _, _ = run_family(get_family("mpc"), spec_of(fn, x), {}, [x], tmp_path)
+    """fn(ops, x) under mpc; the output and the client's online Counters inside fn. Also
+    checks that the preprocessing was consumed exactly as planned and that each party sent
+    exactly the bytes the plan's formulas say."""
+    outs, cctx, sctx, (client, server) = run_family(get_family("mpc"), spec_of(fn, x), {}, [x],
+                                                    tmp_path)
+    assert client.store.remaining == 0 and server.store.remaining == 0
+    planned = planned_online_bytes(client.needs)
+    assert cctx.meter.total("online", "fn").payload_sent == planned
+    assert sctx.meter.total("online", "fn").payload_sent == planned
     return outs[0], cctx.meter.total("online", "fn")
 
 

@@ -9,9 +9,7 @@ import subprocess
 import sys
 import time
 
-import grpc
 import pytest
-import torch
 
 from benchmarks.launch import REPO, Deployment
 from benchmarks.sessions import ERROR_BUDGET

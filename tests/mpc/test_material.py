@@ -8,7 +8,6 @@ import threading
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mpc import material, prg
 from mpc.dealer import DealerError, DealerSessions, fetch_material, serve_party

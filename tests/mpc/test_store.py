@@ -13,7 +13,7 @@ from mpc import protocol
 from mpc.protocol import CLIENT, SERVER, Party
 from protocols.needs import Need, Needs
 from protocols.store import MaterialError, MaterialStore
-from tests.mpc.harness import ProtocolPair, needs_of, ring_random, split, trunc_need
+from tests.mpc.harness import ProtocolPair, needs_of, ring_random, split
 
 MUL = Need.make("mul", "layer0", shape=(2, 3))
 SQ = Need.make("square", "layer1", shape=(4,))
