@@ -16,7 +16,7 @@ from protocols.ops import TorchOps
 
 def plaintext_forward(spec, weights, x: torch.Tensor, repeats: int = 5):
     """(output, median seconds) of the float64 torch forward on this CPU."""
-    ops = TorchOps(weights, dtype=torch.float64)
+    ops = TorchOps(weights, dtype=torch.float64, exact=True)
     times = []
     with torch.no_grad():
         for _ in range(repeats):

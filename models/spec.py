@@ -31,6 +31,8 @@ class ModelSpec:
     weights_file: Path
     task: str = "classification"
     notes: dict = field(default_factory=dict)
+    seq_buckets: tuple[int, ...] | None = None  # first input dim may be any of these (public)
+    loader: Callable | None = None              # weights from elsewhere than weights_file
 
     def arch_digest(self) -> str:
         public = {"name": self.name, "input": list(self.input_shape),
@@ -38,7 +40,17 @@ class ModelSpec:
         return hashlib.sha256(json.dumps(public, sort_keys=True).encode()).hexdigest()[:16]
 
     def load_weights(self, path: str | Path | None = None) -> dict[str, torch.Tensor]:
+        if self.loader is not None:
+            return self.loader(path)
         return load_safetensors(Path(path or self.weights_file), self.params)
+
+    def accepts(self, example_shape: tuple[int, ...]) -> bool:
+        """Whether one example of this shape is valid (a bucketed first dim may vary)."""
+        want = tuple(self.input_shape)
+        if self.seq_buckets and len(example_shape) == len(want) and example_shape[0] in \
+                self.seq_buckets:
+            return tuple(example_shape[1:]) == want[1:]
+        return tuple(example_shape) == want
 
 
 def load_safetensors(path: Path, expected: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:

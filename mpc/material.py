@@ -46,6 +46,8 @@ def bilinear(need: Need):
         return lambda a, b: a @ b.transpose(-1, -2)
     if op == "matmul":
         return lambda a, b: a @ b
+    if op == "hadamard":
+        return lambda a, b: a * b
     if op == "conv2d":
         stride, padding = need.get("stride"), need.get("padding")
         return lambda a, b: F.conv2d(a, b, stride=stride, padding=padding)

@@ -55,6 +55,12 @@ def conv_need(scope, x_shape, w_shape, layer, stride, padding):
                      stride=stride, padding=padding), out
 
 
+def hadamard_need(scope, x_shape, w_shape, layer):
+    return Need.make("bilinear", scope, op="hadamard", a_shape=tuple(x_shape),
+                     b_shape=tuple(w_shape), out_shape=tuple(x_shape), const=f"{layer}.weight",
+                     stride=1, padding=0), tuple(x_shape)
+
+
 def matmul_need(scope, x_shape, y_shape):
     out = tuple(torch.matmul(torch.empty(x_shape, device="meta"),
                              torch.empty(y_shape, device="meta")).shape)
@@ -103,10 +109,12 @@ class MpcOps(_ScopedOps):
 
     name = "mpc"
 
-    def __init__(self, party: Party, weights: dict[str, WeightShare]):
+    def __init__(self, party: Party, weights: dict[str, WeightShare],
+                 additive: dict[str, torch.Tensor] | None = None):
         super().__init__(party.channel.meter)
         self.party = party
         self.weights = weights
+        self.additive = additive or {}      # server: encoded tensors added to its share
         self.f = party.frac_bits
 
     def _layer(self, layer: str) -> WeightShare:
@@ -134,6 +142,21 @@ class MpcOps(_ScopedOps):
         need, _ = conv_need(self._scope, x.shape, w.masked.shape, layer, stride, padding)
         z = protocol.bilinear_with_weight(self.party, x, need, w.weight, w.masked, self._scope)
         return self._with_bias(z, w, (-1, 1, 1))
+
+    def affine(self, x, layer):
+        w = self._layer(layer)
+        need, _ = hadamard_need(self._scope, x.shape, w.masked.shape, layer)
+        z = protocol.bilinear_with_weight(self.party, x, need, w.weight, w.masked, self._scope)
+        return self._with_bias(z, w, (-1,))
+
+    def add_weight(self, x, name, rows=None):
+        if self.party.index != SERVER:
+            return x + torch.zeros((), dtype=torch.int64)
+        try:
+            p = self.additive[name]
+        except KeyError:
+            raise KeyError(f"no weight {name!r}") from None
+        return x + (p if rows is None else p[:rows])
 
     def add(self, x, y):
         return x + y
@@ -230,6 +253,19 @@ class PlanOps(_ScopedOps):
         need, out = conv_need(self._scope, x.shape, self._weight(layer), layer, stride, padding)
         self.items.append(need)
         return self._trunc(out)
+
+    def affine(self, x, layer):
+        need, out = hadamard_need(self._scope, x.shape, self._weight(layer), layer)
+        self.items.append(need)
+        return self._trunc(out)
+
+    def add_weight(self, x, name, rows=None):
+        if name not in self.param_shapes:
+            raise KeyError(f"no weight {name!r}")
+        shape = list(self.param_shapes[name])
+        if rows is not None:
+            shape[0] = rows
+        return self.tensor(torch.broadcast_shapes(x.shape, tuple(shape)))
 
     def add(self, x, y):
         return self.tensor(torch.broadcast_shapes(x.shape, y.shape))

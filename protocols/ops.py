@@ -33,6 +33,16 @@ class Ops(abc.ABC):
     def conv2d(self, x, layer: str, *, stride: int = 1, padding: int = 0):
         """2-d convolution of x (B, C, H, W) with the layer's weight (O, C, kh, kw) and bias."""
 
+    @abc.abstractmethod
+    def affine(self, x, layer: str):
+        """x * W + b elementwise over the last dimension, with the layer's weight W (d,) and
+        bias b (d,) (a LayerNorm's scale and shift)."""
+
+    @abc.abstractmethod
+    def add_weight(self, x, name: str, rows: int | None = None):
+        """x + P for a server tensor P (broadcast; its first ``rows`` rows if given), e.g.
+        position embeddings. No product, so no communication under mpc."""
+
     # -- arithmetic on activations -----------------------------------------------------------
     @abc.abstractmethod
     def add(self, x, y): ...
@@ -169,8 +179,12 @@ class Ops(abc.ABC):
 class TorchOps(Ops):
     """Plain torch: the float64 reference and the fast float32/bf16 path (CPU or CUDA)."""
 
-    def __init__(self, weights: dict[str, torch.Tensor], dtype=torch.float64, device="cpu"):
+    def __init__(self, weights: dict[str, torch.Tensor], dtype=torch.float64, device="cpu",
+                 exact: bool = False):
         self.name = f"torch-{str(dtype).removeprefix('torch.')}"
+        # exact: models may use torch's own GeLU/softmax/LayerNorm instead of the MPC-friendly
+        # approximations (the plaintext reference); the approximations stay testable in float
+        self.exact = exact
         self.dtype = dtype
         self.device = torch.device(device)
         self.weights = {k: v.to(device=self.device, dtype=dtype) for k, v in weights.items()}
@@ -191,6 +205,17 @@ class TorchOps(Ops):
     def conv2d(self, x, layer, *, stride=1, padding=0):
         w, b = self._w(layer)
         return F.conv2d(x, w, b, stride=stride, padding=padding)
+
+    def affine(self, x, layer):
+        w, b = self._w(layer)
+        return x * w + (0 if b is None else b)
+
+    def add_weight(self, x, name, rows=None):
+        try:
+            p = self.weights[name]
+        except KeyError:
+            raise KeyError(f"no weight {name!r}") from None
+        return x + (p if rows is None else p[:rows])
 
     def add(self, x, y):
         return x + y

@@ -45,8 +45,11 @@ def check_hello(req: pb.HelloRequest, *, spec, protocols: list[str], config_dige
     if req.config_digest != config_digest:
         differ("config digest", req.config_digest, config_digest)
     shape = tuple(req.input_shape)
-    if len(shape) != len(spec.input_shape) + 1 or shape[1:] != tuple(spec.input_shape):
-        differ("input shape", list(shape), ["batch"] + list(spec.input_shape))
+    if len(shape) != len(spec.input_shape) + 1 or not spec.accepts(shape[1:]):
+        want = ["batch"] + list(spec.input_shape)
+        if spec.seq_buckets:
+            want[1] = "|".join(map(str, spec.seq_buckets))
+        differ("input shape", list(shape), want)
     if not 1 <= shape[0] <= MAX_BATCH:
         raise HandshakeError(f"batch size {shape[0]} outside [1, {MAX_BATCH}]")
     if not 1 <= req.inferences <= MAX_INFERENCES:

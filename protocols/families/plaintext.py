@@ -33,7 +33,7 @@ class PlaintextClient(ClientRole):
 class PlaintextServer(ServerRole):
     def __init__(self, ctx: RoleContext, weights):
         super().__init__(ctx)
-        self.ops = TorchOps(weights, dtype=torch.float64)
+        self.ops = TorchOps(weights, dtype=torch.float64, exact=True)
 
     def offline(self) -> None:
         self.ctx.channel.begin_epoch()

@@ -132,13 +132,17 @@ class MpcServer(_MpcRole, ServerRole):
                 bias = None if bias is None else fixed.encode(bias, 2 * self.f,
                                                               limit=fixed.max_abs(self.f))
                 self.weights[layer] = WeightShare(masked, w, bias)
+        used = {k for k, _ in self.needs.constants} | {k[:-len("weight")] + "bias"
+                                                       for k, _ in self.needs.constants}
+        self.additive = {k: fixed.encode(v, self.f) for k, v in self.plain.items()
+                         if k not in used}
 
     def online(self) -> None:
         ch = self.ctx.channel
         ch.begin_epoch()
         with self.ctx.meter.in_phase("online"):
             share = torch.zeros(self.ctx.input_shape, dtype=torch.int64)
-            out = self.ctx.spec.forward(MpcOps(self.party, self.weights), share)
+            out = self.ctx.spec.forward(MpcOps(self.party, self.weights, self.additive), share)
             reveal_to(self.party, CLIENT, "output", out, "model output")
 
 
