@@ -28,7 +28,10 @@ from models.registry import MODELS, get_model
 from models.spec import WeightsError
 from protocols import config as config_mod
 from protocols.endpoints import add_tls_args, tls_from_args
+from protocols.channel import PeerError
 from protocols.registry import FAMILIES
+from protocols.session import HandshakeError
+from protocols.store import MaterialError
 
 ERROR_BUDGET = 0.01   # logits, fixed point with 16 fractional bits (see README)
 
@@ -44,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--index", type=int, help="index of an image in the digits test set (0-359)")
     src.add_argument("--file", type=Path, help="input file: .npy (no pickle) or text with 64 "
                                                 "pixel values in [0, 16]")
+    src.add_argument("--text", help="sentence to embed (minilm); tokenized here, padded to a "
+                                    "public length bucket")
+    p.add_argument("--bucket", type=int, help="length bucket for --text (default: the smallest "
+                                              "that fits: 16, 32, 64 or 128)")
     p.add_argument("--repeat", type=int, default=1,
                    help="run the same input N times in one session (offline made for all N)")
     p.add_argument("--json", type=Path, help="write the run's record (JSON) to this file")
@@ -60,6 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_input(args, spec) -> tuple[torch.Tensor, int | None]:
+    if args.text is not None:
+        if spec.task != "embedding":
+            raise SystemExit(f"error: --text needs a text model (minilm), not {spec.name}")
+        from models.minilm import Tokenizer
+        try:
+            return Tokenizer().one_hot(args.text, args.bucket), None
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}") from None
+    if spec.task == "embedding":
+        raise SystemExit(f"error: {spec.name} takes --text")
     if args.index is not None:
         _, X_test, _, y_test = load_split()
         if not 0 <= args.index < len(X_test):
@@ -90,11 +107,16 @@ def main(argv=None) -> int:
     files = tls_from_args(args, "client")
     session = PrivateInference(model=args.model, protocol=args.protocol, server=args.server,
                                dealer=args.dealer, tls=files, config=cfg,
-                               inferences=args.repeat, store_root=args.store)
-    with session:
-        session.offline()
-        for _ in range(args.repeat):
-            y = session.infer(x)
+                               inferences=args.repeat, store_root=args.store,
+                               seq_len=x.shape[1] if spec.seq_buckets else None)
+    try:
+        with session:
+            session.offline()
+            for _ in range(args.repeat):
+                y = session.infer(x)
+    except (HandshakeError, ConnectionError, PeerError, MaterialError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     record = session.record()
     record["threads"] = args.threads
     record["net"] = "loopback"
@@ -102,12 +124,20 @@ def main(argv=None) -> int:
         try:
             ref, secs = plaintext_forward(spec, spec.load_weights(), x)
             record["plaintext_seconds"] = secs
-            record["fidelity"] = fidelity(y, ref, ERROR_BUDGET)
+            record["fidelity"] = fidelity(y, ref, ERROR_BUDGET) if spec.task != "embedding" \
+                else {"cosine": torch.nn.functional.cosine_similarity(y, ref).min().item(),
+                      "max_abs_error": (y - ref).abs().max().item()}
         except WeightsError as exc:
             print(f"(no plaintext reference: {exc})", file=sys.stderr)
-    pred = int(y.argmax(-1)[0])
-    truth = f" (label {label})" if label is not None else ""
-    print(f"prediction: {pred}{truth}   protocol={args.protocol} model={args.model}")
+    if spec.task == "embedding":
+        head = ", ".join(f"{v:+.4f}" for v in y[0, :8].tolist())
+        cos = record.get("fidelity", {}).get("cosine")
+        print(f"embedding ({y.shape[-1]} values, bucket {x.shape[1]}): [{head}, ...]"
+              + (f"   cosine to plaintext: {cos:.6f}" if cos is not None else ""))
+    else:
+        pred = int(y.argmax(-1)[0])
+        truth = f" (label {label})" if label is not None else ""
+        print(f"prediction: {pred}{truth}   protocol={args.protocol} model={args.model}")
     print(metrics_table(record))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -37,14 +37,20 @@ class PrivateInference:
     def __init__(self, *, model: str, protocol: str, server: str, dealer: str | None = None,
                  tls: tls_mod.TlsFiles | None = None, config: Config | None = None,
                  batch: int = 1, inferences: int = 1, store_root: Path = DEFAULT_STORE,
-                 connect_timeout: float = 10.0):
+                 connect_timeout: float = 10.0, seq_len: int | None = None):
         self.spec = get_model(model)
         self.family = get_family(protocol)
         self.server_target = server
         self.dealer_target = dealer
         self.tls = tls
         self.config = config or Config()
-        self.input_shape = (batch,) + tuple(self.spec.input_shape)
+        example = tuple(self.spec.input_shape)
+        if seq_len is not None:
+            if not self.spec.seq_buckets or seq_len not in self.spec.seq_buckets:
+                raise ValueError(f"{model} takes no sequence length {seq_len} "
+                                 f"(buckets: {self.spec.seq_buckets})")
+            example = (seq_len,) + example[1:]
+        self.input_shape = (batch,) + example
         self.inferences = inferences
         self.store_root = Path(store_root)
         self.connect_timeout = connect_timeout
@@ -112,7 +118,7 @@ class PrivateInference:
             raise RuntimeError(f"this session was prepared for {self.inferences} inferences; "
                                "open a new one")
         x = torch.as_tensor(x)
-        if tuple(x.shape) == tuple(self.spec.input_shape):
+        if tuple(x.shape) == tuple(self.input_shape[1:]):
             x = x.unsqueeze(0)
         t0 = time.perf_counter()
 

@@ -26,7 +26,10 @@ def metrics_table(rec: dict) -> str:
     if "plaintext_seconds" in rec:
         lines.append(f"plaintext forward (same CPU): {rec['plaintext_seconds']:.6f} s")
     fid = rec.get("fidelity")
-    if fid:
+    if fid and "cosine" in fid:
+        lines.append(f"max |error| vs plaintext: {fid['max_abs_error']:.3g}   "
+                     f"cosine: {fid['cosine']:.6f}")
+    elif fid:
         lines.append(f"max |error| vs plaintext: {fid['max_abs_error']:.3g}   "
                      f"top-1 agrees: {fid['top1_agree_all']}")
     return "\n".join(lines)
