@@ -11,7 +11,8 @@ def main(argv=None) -> None:
              "ring-speed": "benchmarks.ring_speed", "nonlinear": "benchmarks.nonlinear",
              "approximations": "benchmarks.approx_errors",
              "crypten-baseline": "benchmarks.crypten_baseline",
-             "relu-models": "benchmarks.relu_models"}
+             "relu-models": "benchmarks.relu_models",
+             "transformers": "benchmarks.transformers"}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in names:
         print("usage: python -m benchmarks {" + ",".join(names) + "} [options]\n\n"
               "  demo        dealer, server and client on loopback (mTLS), digits models under\n"
@@ -22,6 +23,7 @@ def main(argv=None) -> None:
               "  approximations  error table of every approximation (float64 and mpc)\n"
               "  crypten-baseline  CrypTen 0.4.1 alone (TFP, TTP)\n"
               "  relu-models ReLU digits models: exact, Circa and bit-decomposition ReLU\n"
+              "  transformers  MiniLM sentence embeddings: costs, fidelity, semantic search\n"
               "Each takes --help.")
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
     module = __import__(names[argv[0]], fromlist=["main"])

@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import tempfile
-import threading
 import time
 from collections import namedtuple
 from functools import partial
@@ -23,15 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from approximations import activations as act, core, normalization as nm
+from benchmarks.in_process import run_in_process
 from benchmarks.records import append_records, base_record, markdown_table
 from models.spec import ModelSpec
-from mpc.dealer import DealerSessions, serve_party
-from protocols.channel import memory_pair, run_pair
 from protocols.config import Config
-from protocols.families.base import RoleContext
-from protocols.metering import Meter
 from protocols.ops import TorchOps
-from protocols.registry import get_family
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FRAC, SCOPE, D = Config().fixed.frac_bits, "approx", torch.float64     # 16 fractional bits
@@ -141,30 +135,13 @@ OUTSIDE_NOTES = """\
 
 def run_mpc(fn, x: torch.Tensor, config: Config | None = None):
     """fn(ops, x) under mpc: the output, client's and server's online Counters in its scope."""
-    config, meters, dmeter = config or Config(), (Meter("client"), Meter("server")), Meter("dealer")
-    chans, sessions = memory_pair(meters, session_id="approx"), DealerSessions()
-
     def forward(ops, v):
         with ops.scope(SCOPE):
             return fn(ops, v)
 
-    def connect_for(meter):
-        def connect():
-            mine, theirs = memory_pair((meter, dmeter), link="dealer", session_id="approx")
-            threading.Thread(target=serve_party, args=(theirs, sessions, None), daemon=True).start()
-            return mine     # a dealer failure surfaces as the party's receive timeout
-        return connect
-
     spec = ModelSpec("approx", tuple(x.shape[1:]), {}, forward, Path("/nonexistent"))
-    with tempfile.TemporaryDirectory(prefix="pinfer-approx-") as store:
-        ctxs = [RoleContext(spec=spec, config=config, channel=chans[i], meter=meters[i],
-                            session_id="approx", input_shape=tuple(x.shape), inferences=1,
-                            store_root=Path(store), dealer_connect=connect_for(meters[i]))
-                for i in range(2)]
-        client, server = get_family("mpc").client(ctxs[0]), get_family("mpc").server(ctxs[1], {})
-        y, _ = run_pair(lambda: (client.offline(), client.online(x))[1],
-                        lambda: (server.offline(), server.online()))
-    return y, meters[0].total("online", SCOPE), meters[1].total("online", SCOPE)
+    y, cm, sm = run_in_process(spec, {}, x, config, session_id="approx")
+    return y, cm.total("online", SCOPE), sm.total("online", SCOPE)
 
 
 def errors_of(y, exact, rel: bool) -> dict:

@@ -12,6 +12,7 @@ import torch
 from benchmarks.records import base_record
 from client.api import PrivateInference
 from client.reference import fidelity, plaintext_forward
+from models.registry import get_model
 
 ERROR_BUDGET = {"digits-mlp": 0.01, "digits-cnn": 0.01,   # max |logit error|, 16 frac bits
                 "digits-mlp-relu": 0.01, "digits-cnn-relu": 0.01}
@@ -24,7 +25,8 @@ def run_session(dep, model: str, protocol: str, inputs: list[torch.Tensor], work
     s = PrivateInference(model=model, protocol=protocol, server=dep.server_address,
                          dealer=dep.dealer_address, tls=dep.client_tls(), config=config,
                          inferences=len(inputs), batch=inputs[0].shape[0],
-                         store_root=workdir / "client-store")
+                         store_root=workdir / "client-store",
+                         seq_len=inputs[0].shape[1] if get_model(model).seq_buckets else None)
     with s:
         s.offline()
         outs = [s.infer(x) for x in inputs]
