@@ -27,7 +27,7 @@ from models.digits import as_model_input, load_split
 from models.registry import MODELS, get_model
 from models.spec import WeightsError
 from protocols import config as config_mod
-from protocols.endpoints import add_tls_args, tls_from_args
+from protocols.endpoints import add_run_args, add_tls_args, tls_from_args
 from protocols.channel import PeerError
 from protocols.registry import FAMILIES
 from protocols.session import HandshakeError
@@ -58,10 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not compute the plaintext reference (needs the weights locally)")
     p.add_argument("--store", type=Path, default=DEFAULT_STORE,
                    help=f"directory for preprocessing material (default {DEFAULT_STORE})")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--config", type=Path, help="TOML configuration file")
-    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                   help="override a config field, e.g. --set fixed.frac_bits=18")
+    add_run_args(p)
     add_tls_args(p)
     return p
 

@@ -3,6 +3,16 @@
 
 The client tokenizes its sentence itself and pads it to a public length bucket; the
 server learns the bucket (the session's input shape), not the length.
+
+Embedding lookup: a private product of the client's one-hot rows (T x 30522, made in the
+clear by the client from its own token ids) with the server's word table, as any linear
+layer with a server weight: online it opens the masked one-hot, T x 30522 x 8 bytes per
+party (244 KB per token); the client keeps the masked table W - B for the session (94 MB,
+part of the model-sized client storage). The table stays private.
+
+Leaks (under mpc): to the server, the length bucket T (public by design), nothing else;
+to the client, the embedding. Padding rows are all zero, so masks are computed under MPC
+from the input itself and the true length never appears in the clear.
 """
 
 from __future__ import annotations

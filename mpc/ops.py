@@ -26,7 +26,7 @@ from mpc.protocol import CLIENT, SERVER, Party
 from protocols.metering import Meter
 from protocols.config import CompareConfig
 from protocols.needs import Need
-from protocols.ops import Ops
+from protocols.ops import Ops, TensorStructure
 
 
 @dataclass
@@ -68,7 +68,7 @@ def matmul_need(scope, x_shape, y_shape):
                      b_shape=tuple(y_shape), out_shape=out, const="", stride=1, padding=0), out
 
 
-class _ScopedOps(Ops):
+class _ScopedOps(TensorStructure, Ops):
     def __init__(self, meter: Meter | None):
         self.meter = meter
         self._scopes: list[str] = []
@@ -87,21 +87,6 @@ class _ScopedOps(Ops):
         finally:
             self._scopes.pop()
 
-    # local structure ops shared by both
-    def reshape(self, x, shape):
-        return x.reshape(shape)
-
-    def shape(self, x):
-        return tuple(x.shape)
-
-    def permute(self, x, dims):
-        return x.permute(*dims)
-
-    def narrow(self, x, dim, start, length):
-        return x.narrow(dim, start, length)
-
-    def cat(self, xs, dim):
-        return torch.cat(list(xs), dim)
 
 
 class MpcOps(_ScopedOps):

@@ -20,6 +20,16 @@ from protocols.grpc_link import channel_options, server_options
 DEFAULT_CERTS = Path(".pinfer/certs")
 
 
+def add_run_args(parser: argparse.ArgumentParser) -> None:
+    """--threads, --config, --set: the same on client and server (the digest of the agreed
+    part of the config must match in the handshake)."""
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--config", type=Path, help="TOML configuration file")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a config field, e.g. --set fixed.frac_bits=18 or "
+                             "--set compare.method=bitdecomp")
+
+
 def add_tls_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("transport security (mutual TLS by default)")
     g.add_argument("--certs", type=Path, default=None,

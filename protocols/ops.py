@@ -176,7 +176,27 @@ class Ops(abc.ABC):
         yield
 
 
-class TorchOps(Ops):
+class TensorStructure:
+    """Shape-only operations for backends whose values are torch tensors (floats, ring
+    shares or meta tensors alike)."""
+
+    def reshape(self, x, shape):
+        return x.reshape(shape)
+
+    def shape(self, x):
+        return tuple(x.shape)
+
+    def permute(self, x, dims):
+        return x.permute(*dims)
+
+    def narrow(self, x, dim, start, length):
+        return x.narrow(dim, start, length)
+
+    def cat(self, xs, dim):
+        return torch.cat(list(xs), dim)
+
+
+class TorchOps(TensorStructure, Ops):
     """Plain torch: the float64 reference and the fast float32/bf16 path (CPU or CUDA)."""
 
     def __init__(self, weights: dict[str, torch.Tensor], dtype=torch.float64, device="cpu",
@@ -241,23 +261,8 @@ class TorchOps(Ops):
     def add_public(self, x, c):
         return x + c
 
-    def reshape(self, x, shape):
-        return x.reshape(shape)
-
     def sum(self, x, dim, keepdim=False):
         return x.sum(dim=dim, keepdim=keepdim)
-
-    def shape(self, x):
-        return tuple(x.shape)
-
-    def permute(self, x, dims):
-        return x.permute(*dims)
-
-    def narrow(self, x, dim, start, length):
-        return x.narrow(dim, start, length)
-
-    def cat(self, xs, dim):
-        return torch.cat(list(xs), dim)
 
     def relu(self, x):
         return torch.relu(x)

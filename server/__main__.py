@@ -18,7 +18,7 @@ import torch
 
 from models.registry import MODELS, get_model
 from protocols import config as config_mod
-from protocols.endpoints import add_tls_args, make_server, tls_from_args
+from protocols.endpoints import add_run_args, add_tls_args, make_server, tls_from_args
 from protocols.registry import FAMILIES, get_family
 from protocols.wire import pinfer_pb2_grpc as rpc
 from server.service import PartyServicer
@@ -39,10 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", type=Path, help="safetensors file (default: the model's own)")
     p.add_argument("--store", type=Path, default=DEFAULT_STORE,
                    help=f"directory for preprocessing material (owner-only; default {DEFAULT_STORE})")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--config", type=Path, help="TOML configuration file")
-    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                   help="override a config field, e.g. --set fixed.frac_bits=18")
+    add_run_args(p)
     add_tls_args(p)
     return p
 
