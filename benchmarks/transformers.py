@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from benchmarks.in_process import run_in_process
 from benchmarks.launch import Deployment
-from benchmarks.records import append_records, base_record, human_bytes
+from benchmarks.records import append_records, base_record, human_bytes, read_records
 from benchmarks.sentences import SENTENCES
 from benchmarks.sessions import run_session
 from client.reference import plaintext_forward
@@ -51,6 +51,31 @@ def sentence_of_length(tok: Tokenizer, seq: int) -> str:
         if len(tok.ids(text)) >= seq - 1:
             break
     return text
+
+
+def bert_base_record(work: Path, seq: int = 128) -> dict:
+    """One mpc inference of the BERT-base shape (random weights): costs and memory only."""
+    from models.bert_shapes import BERT_BASE_SHAPE
+
+    overrides = SETTINGS["bitdecomp"]
+    x = torch.zeros((1, seq, BERT_BASE_SHAPE.input_shape[1]), dtype=torch.float64)
+    x[0, torch.arange(seq), torch.arange(seq) * 7 + 1000] = 1.0
+    weights = BERT_BASE_SHAPE.load_weights()
+    _, plain_s = plaintext_forward(BERT_BASE_SHAPE, weights, x, repeats=3)
+    del weights
+    extra = sum((["--set", o] for o in overrides), [])
+    progress(f"bert-base-shape seq {seq}: mpc (bitdecomp)")
+    with Deployment("bert-base-shape", ["mpc"], certs=work / "certs",
+                    extra_server_args=extra) as dep:
+        _, rec = run_session(dep, "bert-base-shape", "mpc", [x], work,
+                             config=Config().with_overrides(overrides))
+    rss = dealer_rss(dep)
+    if rss is not None:
+        rec["parties"]["dealer"]["peak_rss_bytes"] = rss
+    rec["params"].update({"seq_len": seq, "config": overrides, "weights": "random (cost only)"})
+    return base_record("transformers", **rec, method="bitdecomp", plaintext_seconds=plain_s,
+                       net="loopback", threads=1, time_ratio=rec["online"]["seconds"] / plain_s,
+                       fidelity={"cosine": None})
 
 
 def dealer_rss(dep) -> int | None:
@@ -147,11 +172,14 @@ def write_markdown(records, path: Path) -> str:
         on, off, par = r["online"], r["offline"], r["parties"]
         rss = " / ".join(human_bytes(par.get(k, {}).get("peak_rss_bytes", 0) or 0)
                          for k in ("client", "server", "dealer"))
-        lines.append(f"| {r['params']['seq_len']} | {r['protocol']} | {r['method']} | "
+        label = r["params"]["seq_len"] if r["model"] == "minilm" else \
+            f"{r['params']['seq_len']} ({r['model']}, random weights)"
+        cos = r["fidelity"]["cosine"]
+        lines.append(f"| {label} | {r['protocol']} | {r['method']} | "
                      f"{on['seconds']:.2f} | {r['time_ratio']:.0f} | {human_bytes(on['bytes_sent'])} "
                      f"| {on['rounds']:g} | {off['seconds']:.2f} | {human_bytes(off['bytes_received'])} "
                      f"| {human_bytes(r['total_bytes'])} | {human_bytes(r['client_storage_bytes'])} "
-                     f"| {rss} | {r['fidelity']['cosine']:.6f} |")
+                     f"| {rss} | {'-' if cos is None else f'{cos:.6f}'} |")
     for r in fid:
         f = r["fidelity"]
         lines += ["", f"Fidelity ({r['params']['sentences']} sentences, {r['method']}, each at "
@@ -172,6 +200,9 @@ def main(argv=None) -> None:
     p.add_argument("--fss-seqs", default="32",
                    help="buckets for FSS comparisons ('' for none; keys grow ~1 GB per 16 tokens)")
     p.add_argument("--sentences", type=int, default=len(SENTENCES))
+    p.add_argument("--bert-base", action="store_true",
+                   help="also run the BERT-base shape (12 layers, d=768) at 128 tokens")
+    p.add_argument("--only-bert-base", action="store_true", help="run just that")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -180,11 +211,18 @@ def main(argv=None) -> None:
         plan = [("bitdecomp", [int(s) for s in args.seqs.split(",") if s])]
         if args.fss_seqs:
             plan.append(("fss", [int(s) for s in args.fss_seqs.split(",")]))
-        records = cost_records(plan, weights, Path(tmp))
-    if args.sentences:
+        records = [] if args.only_bert_base else cost_records(plan, weights, Path(tmp))
+        if args.bert_base or args.only_bert_base:
+            records.append(bert_base_record(Path(tmp)))
+    if args.sentences and not args.only_bert_base:
         records += fidelity_records(weights, args.sentences, "bitdecomp")
     append_records(args.out / "transformers.jsonl", records)
-    print(write_markdown(records, args.out / "transformers.md"))
+    latest: dict = {}       # the table shows the latest record of each kind, any run
+    for r in read_records(args.out / "transformers.jsonl"):
+        key = (r.get("model"), r["params"].get("seq_len"), r.get("protocol"), r.get("method"),
+               "sentences" in r["params"])
+        latest[key] = r
+    print(write_markdown(list(latest.values()), args.out / "transformers.md"))
 
 
 if __name__ == "__main__":

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from models.digits import DIGITS_CNN, DIGITS_CNN_RELU, DIGITS_MLP, DIGITS_MLP_RELU
+from models.bert_shapes import BERT_BASE_SHAPE
 from models.minilm import MINILM
 from models.spec import ModelSpec
 
 MODELS: dict[str, ModelSpec] = {m.name: m for m in (DIGITS_MLP, DIGITS_CNN, DIGITS_MLP_RELU,
-                                                     DIGITS_CNN_RELU, MINILM)}
+                                                     DIGITS_CNN_RELU, MINILM,
+                                                     BERT_BASE_SHAPE)}
 
 
 def get_model(name: str) -> ModelSpec:
