@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -83,12 +84,14 @@ def test_recv_timeout_raises_peer_error_quickly():
 
 def test_abort_reaches_a_waiting_peer():
     _, _, c0, c1 = pair(recv_timeout=10)
+    waiting = threading.Event()
 
     def p0():
-        time.sleep(0.05)
+        assert waiting.wait(5)                 # the peer is (about to be) blocked in recv
         c0.abort("out of material for fc1")
 
     def p1():
+        waiting.set()
         with pytest.raises(PeerError, match="peer aborted: out of material for fc1"):
             c1.recv("fc1.open")
         return "raised"
