@@ -25,7 +25,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=5, help="test images per model (default 5)")
-    p.add_argument("--models", default="digits-mlp,digits-cnn", help="comma-separated models")
+    p.add_argument("--models", default="digits-mlp,digits-cnn,digits-cnn-relu",
+                   help="comma-separated models")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     _, X_test, _, y_test = load_split()
@@ -72,9 +73,10 @@ def main(argv=None) -> None:
         print(" | ".join(str(c).ljust(w) for c, w in zip(row, widths)))
         if i == 0:
             print("-+-".join("-" * w for w in widths))
+    budgets = {m: ERROR_BUDGET[m] for m in args.models.split(",")}
     print(f"\nOnline figures are medians per inference, client's view (sent + received). "
-          f"Error budget on logits: {ERROR_BUDGET}. plaintext sends the input in the clear "
-          "(no privacy); mpc: 2PC with a non-colluding dealer process.")
+          f"Error budget on logits: {budgets}. plaintext sends the input in the clear "
+          "(no privacy); mpc: 2PC with a non-colluding dealer process (ReLU by FSS keys).")
 
 
 if __name__ == "__main__":
