@@ -20,10 +20,9 @@ import torch
 
 from models.registry import get_model
 from protocols import tls as tls_mod
-from protocols.channel import PeerError
 from protocols.config import Config
 from protocols.endpoints import dial, wait_ready
-from protocols.families.base import RoleContext
+from protocols.families.base import RoleContext, check_input
 from protocols.grpc_link import describe_rpc_error, open_stream
 from protocols.metering import Meter
 from protocols.registry import get_family
@@ -120,6 +119,7 @@ class PrivateInference:
         x = torch.as_tensor(x)
         if tuple(x.shape) == tuple(self.input_shape[1:]):
             x = x.unsqueeze(0)
+        x = check_input(self._role.ctx, x)   # bad input raises here: nothing sent, session intact
         t0 = time.perf_counter()
 
         def run():
@@ -135,13 +135,10 @@ class PrivateInference:
         return y
 
     def _guard(self, fn):
+        """Run a protocol step; any failure once frames may have moved ends the session
+        (its material is burned), since the two sides can no longer be in step."""
         try:
             return fn()
-        except (ValueError, TypeError):
-            raise  # bad input: nothing was sent, the session stays usable
-        except PeerError:
-            self.close(failed=True)
-            raise
         except Exception:
             self.close(failed=True)
             raise

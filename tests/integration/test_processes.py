@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from benchmarks.launch import REPO, Deployment
 from benchmarks.sessions import ERROR_BUDGET
@@ -169,3 +170,18 @@ def test_vanished_or_frozen_server_detected_within_seconds(tmp_path, data, sig):
         finally:
             if sig == signal.SIGSTOP:
                 os.kill(server.pid, signal.SIGCONT)
+
+
+def test_bad_input_is_refused_and_the_session_goes_on(dep, data, tmp_path):
+    spec, weights, xs = data
+    with session(dep, tmp_path, inferences=2) as s:
+        s.offline()
+        with pytest.raises(ValueError, match="input shape"):
+            s.infer(torch.zeros(1, 65, dtype=torch.float64))
+        with pytest.raises(ValueError, match="NaN"):
+            s.infer(torch.full((1, 64), float("nan"), dtype=torch.float64))
+        with pytest.raises(TypeError, match="floating point"):
+            s.infer(torch.zeros(1, 64, dtype=torch.int64))
+        y = s.infer(xs[0])                      # still in step with the server
+    ref, _ = plaintext_forward(spec, weights, xs[0], repeats=1)
+    assert (y - ref).abs().max().item() < ERROR_BUDGET[MODEL]
