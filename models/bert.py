@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 from approximations.activations import GeluPumaParams, GeluTanhParams, gelu_puma, gelu_tanh
 from approximations.core import RsqrtParams, rsqrt
-from approximations.normalization import LayerNormParams, SoftmaxParams, layernorm, softmax
+from approximations.normalization import LayerNormParams, SoftmaxParams
+from models.blocks import exact, layer_norm, layer_params, softmax_last
 
 MASK_PENALTY = -30.0   # added to scores of padded keys: exp underflows to 0
 
@@ -57,35 +58,20 @@ def bert_params(cfg: BertConfig) -> dict[str, tuple[int, ...]]:
     p = {"embed.weight": (d, cfg.vocab), "pos": (cfg.max_pos, d), "type0": (d,),
          "embed_ln.weight": (d,), "embed_ln.bias": (d,)}
     for i in range(cfg.layers):
-        p.update({f"l{i}.qkv.weight": (3 * d, d), f"l{i}.qkv.bias": (3 * d,),
-                  f"l{i}.o.weight": (d, d), f"l{i}.o.bias": (d,),
-                  f"l{i}.ln1.weight": (d,), f"l{i}.ln1.bias": (d,),
-                  f"l{i}.ff1.weight": (cfg.ffn, d), f"l{i}.ff1.bias": (cfg.ffn,),
-                  f"l{i}.ff2.weight": (d, cfg.ffn), f"l{i}.ff2.bias": (d,),
-                  f"l{i}.ln2.weight": (d,), f"l{i}.ln2.bias": (d,)})
+        p.update(layer_params(i, d, cfg.ffn))
     return p
 
 
-# Where the backend is exact plain torch (the plaintext reference), the model uses torch's
-# own functions; everywhere else the MPC-friendly approximations, written against Ops.
-def _exact(ops) -> bool:
-    return bool(getattr(ops, "exact", False))
-
-
 def _ln(ops, x, name, cfg):
-    with ops.scope(name):
-        if _exact(ops):
-            return F.layer_norm(x, x.shape[-1:], eps=cfg.layernorm.eps) * ops.weights[
-                f"{name}.weight"] + ops.weights[f"{name}.bias"]
-        return ops.affine(layernorm(ops, x, cfg.layernorm), name)
+    return layer_norm(ops, x, name, cfg.layernorm)
 
 
 def _softmax(ops, s, cfg):
-    return torch.softmax(s, -1) if _exact(ops) else softmax(ops, s, cfg.frac_bits, cfg.softmax)
+    return softmax_last(ops, s, cfg.frac_bits, cfg.softmax)
 
 
 def _gelu(ops, f, cfg):
-    if _exact(ops):
+    if exact(ops):
         return F.gelu(f)
     if cfg.gelu_form == "puma":
         return gelu_puma(ops, f, cfg.gelu)
@@ -93,7 +79,7 @@ def _gelu(ops, f, cfg):
 
 
 def _rsqrt(ops, v, cfg):
-    return torch.rsqrt(v) if _exact(ops) else rsqrt(ops, v, cfg.normalize)
+    return torch.rsqrt(v) if exact(ops) else rsqrt(ops, v, cfg.normalize)
 
 
 def _attention(ops, h, mask, i, cfg):

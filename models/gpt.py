@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from approximations.activations import GeluTanhParams, gelu_tanh
-from approximations.normalization import LayerNormParams, SoftmaxParams, layernorm, softmax
+from approximations.normalization import LayerNormParams, SoftmaxParams
+from models.blocks import exact, layer_norm, layer_params, softmax_last
 
 MASK_PENALTY = -30.0        # masked scores under the approximations (exp underflows to ~0)
 EXACT_MASK_PENALTY = -1e9   # on the exact float backend: exp is exactly 0
@@ -53,35 +54,21 @@ def gpt_params(cfg: GptConfig) -> dict[str, tuple[int, ...]]:
     p = {"embed.weight": (d, cfg.vocab), "head.weight": (cfg.vocab, d),
          "wpe.weight": (d, cfg.ctx), "lnf.weight": (d,), "lnf.bias": (d,)}
     for i in range(cfg.layers):
-        p.update({f"l{i}.ln1.weight": (d,), f"l{i}.ln1.bias": (d,),
-                  f"l{i}.qkv.weight": (3 * d, d), f"l{i}.qkv.bias": (3 * d,),
-                  f"l{i}.o.weight": (d, d), f"l{i}.o.bias": (d,),
-                  f"l{i}.ln2.weight": (d,), f"l{i}.ln2.bias": (d,),
-                  f"l{i}.ff1.weight": (f, d), f"l{i}.ff1.bias": (f,),
-                  f"l{i}.ff2.weight": (d, f), f"l{i}.ff2.bias": (d,)})
+        p.update(layer_params(i, d, f))
     return p
 
 
-def _exact(ops) -> bool:
-    return bool(getattr(ops, "exact", False))
-
-
 def _ln(ops, x, name, cfg):
-    with ops.scope(name):
-        if _exact(ops):
-            return F.layer_norm(x, x.shape[-1:], ops.weights[f"{name}.weight"],
-                                ops.weights[f"{name}.bias"], eps=cfg.eps)
-        return ops.affine(layernorm(ops, x, dataclasses.replace(cfg.layernorm, eps=cfg.eps)),
-                          name)
+    return layer_norm(ops, x, name, dataclasses.replace(cfg.layernorm, eps=cfg.eps))
 
 
 def _softmax(ops, s, cfg):
-    return torch.softmax(s, -1) if _exact(ops) else softmax(ops, s, cfg.frac_bits, cfg.softmax)
+    return softmax_last(ops, s, cfg.frac_bits, cfg.softmax)
 
 
 def _gelu(ops, f, cfg):
-    return F.gelu(f, approximate="tanh") if _exact(ops) else gelu_tanh(ops, f, cfg.frac_bits,
-                                                                      cfg.gelu_tanh)
+    return F.gelu(f, approximate="tanh") if exact(ops) else gelu_tanh(ops, f, cfg.frac_bits,
+                                                                     cfg.gelu_tanh)
 
 
 class KVCache:
@@ -163,7 +150,7 @@ def forward(ops, tokens_onehot, positions_onehot, cache: KVCache | None, valid=N
     cached = 0 if cache is None else cache.length
     if cached + n > cfg.ctx:
         raise ValueError(f"gpt: {cached} cached + {n} new rows exceed the context {cfg.ctx}")
-    pen = EXACT_MASK_PENALTY if _exact(ops) else MASK_PENALTY
+    pen = EXACT_MASK_PENALTY if exact(ops) else MASK_PENALTY
     with ops.scope("embed"):
         h = ops.add(ops.linear(tokens_onehot, "embed"), ops.linear(positions_onehot, "wpe"))
         if valid is None:
