@@ -26,6 +26,7 @@ import torch
 from mpc import material
 from mpc.dealer import fetch_material
 from mpc.protocol import CLIENT, SERVER, Party
+from protocols.config import CompareConfig
 from protocols.channel import memory_pair, run_pair
 from protocols.metering import Counters, Meter
 from protocols.needs import Need, Needs
@@ -157,3 +158,17 @@ def trunc_need(scope: str, shape, frac_bits: int) -> Need:
 
 def needs_of(*items: Need, constants=(), inferences: int = 1) -> Needs:
     return Needs(tuple(items), tuple(constants), inferences)
+
+
+# comparison settings shared by the nonlinear tests
+F_BITS_CMP = 16
+FSS40 = CompareConfig(method="fss", bits=40)
+FSS64 = CompareConfig(method="fss", bits=64)
+BD40 = CompareConfig(method="bitdecomp", bits=40)
+BD64 = CompareConfig(method="bitdecomp", bits=64)
+EXACT = [FSS40, FSS64, BD40, BD64]
+
+
+def cid(cfg: CompareConfig) -> str:
+    drop = f"-drop{cfg.relu_drop_bits}" if cfg.relu_drop_bits else ""
+    return f"{cfg.method}{cfg.bits}{drop}"

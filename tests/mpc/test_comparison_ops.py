@@ -12,24 +12,14 @@ import torch.nn.functional as F
 
 from models.spec import ModelSpec
 from mpc import fixed
-from protocols.config import CompareConfig, Config
+from protocols.config import Config
 from protocols.ops import TorchOps
 from protocols.registry import get_family
 from tests.helpers import run_family
+from tests.mpc.harness import BD40, F_BITS_CMP, FSS40, cid
 
-F_BITS = 16
+F_BITS = F_BITS_CMP
 ULP = fixed.ulp(F_BITS)
-
-FSS40 = CompareConfig(method="fss", bits=40)
-FSS64 = CompareConfig(method="fss", bits=64)
-BD40 = CompareConfig(method="bitdecomp", bits=40)
-BD64 = CompareConfig(method="bitdecomp", bits=64)
-EXACT = [FSS40, FSS64, BD40, BD64]
-
-
-def cid(cfg: CompareConfig) -> str:
-    drop = f"-drop{cfg.relu_drop_bits}" if cfg.relu_drop_bits else ""
-    return f"{cfg.method}{cfg.bits}{drop}"
 
 
 # -- Ops defaults through the family, against TorchOps float64 --------------------------------------

@@ -29,21 +29,11 @@ from mpc import compare, fixed, fss, nonlinear
 from mpc.nonlinear import Bit
 from protocols.config import CompareConfig
 from protocols.needs import Need
-from tests.mpc.harness import INT64_MAX, INT64_MIN, ProtocolPair, needs_of, ring_random, split
+from tests.mpc.harness import (BD40, EXACT, F_BITS_CMP, FSS40, FSS64, INT64_MAX,
+                               INT64_MIN, ProtocolPair, cid, needs_of, ring_random, split)
 
-F_BITS = 16
+F_BITS = F_BITS_CMP
 ULP = fixed.ulp(F_BITS)
-
-FSS40 = CompareConfig(method="fss", bits=40)
-FSS64 = CompareConfig(method="fss", bits=64)
-BD40 = CompareConfig(method="bitdecomp", bits=40)
-BD64 = CompareConfig(method="bitdecomp", bits=64)
-EXACT = [FSS40, FSS64, BD40, BD64]
-
-
-def cid(cfg: CompareConfig) -> str:
-    drop = f"-drop{cfg.relu_drop_bits}" if cfg.relu_drop_bits else ""
-    return f"{cfg.method}{cfg.bits}{drop}"
 
 
 # -- running raw protocols -------------------------------------------------------------------------
