@@ -26,7 +26,7 @@ from protocols.families.base import RoleContext, check_input
 from protocols.grpc_link import describe_rpc_error, open_stream
 from protocols.metering import Meter
 from protocols.registry import get_family
-from protocols.session import VERSION, HandshakeError, make_hello
+from protocols.session import VERSION, HandshakeError, check_new_tokens, make_hello
 from protocols.wire import pinfer_pb2_grpc as rpc
 
 DEFAULT_STORE = Path(".pinfer/client-store")
@@ -36,7 +36,8 @@ class PrivateInference:
     def __init__(self, *, model: str, protocol: str, server: str, dealer: str | None = None,
                  tls: tls_mod.TlsFiles | None = None, config: Config | None = None,
                  batch: int = 1, inferences: int = 1, store_root: Path = DEFAULT_STORE,
-                 connect_timeout: float = 10.0, seq_len: int | None = None):
+                 connect_timeout: float = 10.0, seq_len: int | None = None,
+                 new_tokens: int = 0):
         self.spec = get_model(model)
         self.family = get_family(protocol)
         self.server_target = server
@@ -50,6 +51,10 @@ class PrivateInference:
                                  f"(buckets: {self.spec.seq_buckets})")
             example = (seq_len,) + example[1:]
         self.input_shape = (batch,) + example
+        if self.spec.decoder is not None and not new_tokens:
+            new_tokens = 1
+        check_new_tokens(self.spec, self.input_shape, new_tokens)   # HandshakeError early
+        self.new_tokens = new_tokens
         self.inferences = inferences
         self.store_root = Path(store_root)
         self.connect_timeout = connect_timeout
@@ -82,7 +87,7 @@ class PrivateInference:
         stub = rpc.PartyStub(self._grpc)
         hello = make_hello(spec=self.spec, protocol=self.family.name,
                            config_digest=self.config.digest(), input_shape=self.input_shape,
-                           inferences=self.inferences)
+                           inferences=self.inferences, new_tokens=self.new_tokens)
         try:
             reply = stub.Hello(hello, timeout=t.rpc_deadline_s)
         except grpc.RpcError as exc:
@@ -97,7 +102,8 @@ class PrivateInference:
         ctx = RoleContext(spec=self.spec, config=self.config, channel=self._chan,
                           meter=self.meter, session_id=self.session_id,
                           input_shape=self.input_shape, inferences=self.inferences,
-                          store_root=self.store_root, dealer_connect=self._connect_dealer)
+                          store_root=self.store_root, dealer_connect=self._connect_dealer,
+                          new_tokens=self.new_tokens)
         self._role = self.family.client(ctx)
 
     def _connect_dealer(self):
@@ -133,6 +139,13 @@ class PrivateInference:
         self.online_seconds.append(dt)
         self._runs += 1
         return y
+
+    def generate(self, prompt_ids) -> list[int]:
+        """Decoders: greedy-generate ``new_tokens`` tokens after the prompt (token ids)."""
+        if self.spec.decoder is None:
+            raise ValueError(f"model {self.spec.name} is not a decoder")
+        x = self.spec.decoder.encode_prompt(prompt_ids, self.input_shape[1])
+        return [int(t) for t in self.infer(x)[0]]
 
     def _guard(self, fn):
         """Run a protocol step; any failure once frames may have moved ends the session

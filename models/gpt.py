@@ -83,11 +83,11 @@ class KVCache:
         self.length = 0
 
     def append(self, ops, layer: int, k, v):
-        """Append n new rows to ``layer``; returns the layer's full keys and values."""
-        if self.k[layer] is not None:
-            k, v = ops.cat([self.k[layer], k], 2), ops.cat([self.v[layer], v], 2)
-        self.k[layer], self.v[layer] = k, v
-        return k, v
+        """Append n new rows to ``layer``; returns the layer's full keys and values as
+        cached operands (``ops.cache_append``: under mpc each row keeps its mask)."""
+        self.k[layer], self.v[layer] = ops.cache_append(
+            [(f"l{layer}.k", self.k[layer], k, 2), (f"l{layer}.v", self.v[layer], v, 2)])
+        return self.k[layer], self.v[layer]
 
     def append_valid(self, ops, valid):
         self.valid = valid if self.valid is None else ops.cat([self.valid, valid], 1)
@@ -112,13 +112,14 @@ def _attention(ops, h, key_pen, keep, pen, i, cfg, cache):
     if cache is not None:
         k, v = cache.append(ops, i, k, v)                                  # (B, H, L+n, dh)
     with ops.scope("scores"):
-        s = ops.matmul(q, ops.permute(k, (0, 1, 3, 2)))                    # (B, H, n, L+n)
+        s = ops.matmul(q, ops.permute(k, (0, 1, 3, 2))) if cache is None else \
+            ops.matmul_cached(q, k, transpose=True)                        # (B, H, n, L+n)
         s = ops.add_public(ops.mul_public(s, keep), (1.0 - keep) * pen)    # causal (public)
         s = ops.add(s, key_pen)                                            # padded keys
     with ops.scope("softmax"):
         p = _softmax(ops, s, cfg)
     with ops.scope("context"):
-        c = ops.matmul(p, v)                                               # (B, H, n, dh)
+        c = ops.matmul(p, v) if cache is None else ops.matmul_cached(p, v)  # (B, H, n, dh)
     c = ops.reshape(ops.permute(c, (0, 2, 1, 3)), (b, n, d))
     with ops.scope("out"):
         return ops.linear(c, f"l{i}.o")

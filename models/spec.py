@@ -33,6 +33,7 @@ class ModelSpec:
     notes: dict = field(default_factory=dict)
     seq_buckets: tuple[int, ...] | None = None  # first input dim may be any of these (public)
     loader: Callable | None = None              # weights from elsewhere than weights_file
+    decoder: object | None = None               # autoregressive models: how to generate
 
     def arch_digest(self) -> str:
         public = {"name": self.name, "input": list(self.input_shape),

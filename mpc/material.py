@@ -9,8 +9,9 @@ the masked weights), and only party 1's corrections travel.
 
 Item i uses PRG stream i; labels separate the values inside an item:
   bilinear  A (a_shape): both seeds; B (b_shape): both seeds, or, for a server weight, the
-            server-known constant mask (party 1 holds all of B); C = op(A, B): party 0
-            seed, party 1 correction "c"
+            server-known constant mask (party 1 holds all of B), or, for a cached tensor,
+            its shared-only row masks (``mpc.cached``); C = op(A, B): party 0 seed, party 1
+            correction "c"
   square    A: both seeds; S = A^2: party 0 seed, party 1 correction "c"
   mul       A, B: both seeds; C = A * B: party 0 seed, party 1 correction "c"
   trunc     r: both seeds; r_msb = MSB(r) and r_mid = (r mod 2^63) >> f as arithmetic
@@ -23,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mpc import prg
+from mpc import cached, prg
 from protocols.needs import Need, Needs
 
 LABEL_A, LABEL_B, LABEL_C, LABEL_R, LABEL_MSB, LABEL_MID, LABEL_CONST = 1, 2, 3, 4, 5, 6, 7
@@ -46,6 +47,8 @@ def bilinear(need: Need):
         return lambda a, b: a @ b.transpose(-1, -2)
     if op == "matmul":
         return lambda a, b: a @ b
+    if op == "matmul_t":
+        return lambda a, b: a @ b.transpose(-1, -2)
     if op == "hadamard":
         return lambda a, b: a * b
     if op == "conv2d":
@@ -68,7 +71,7 @@ def own_shares(need: Need, index: int, seed: bytes, party: int) -> dict[str, tor
     out: dict[str, torch.Tensor] = {}
     if kind == "bilinear":
         out["a"] = prg.expand(seed, index, LABEL_A, need.get("a_shape"))
-        if not need.get("const"):
+        if not need.get("const") and not need.get("cached", ""):
             out["b"] = prg.expand(seed, index, LABEL_B, need.get("b_shape"))
         if party == 0:
             out["c"] = prg.expand(seed, index, LABEL_C, need.get("out_shape"))
@@ -98,8 +101,12 @@ def server_correction(need: Need, index: int, s0: bytes, s1: bytes, needs: Needs
     kind = need.kind
     if kind == "bilinear":
         a = p0["a"] + p1["a"]
-        const = need.get("const")
-        if const:
+        const, cached_key = need.get("const"), need.get("cached", "")
+        if cached_key:
+            b = cached.dealer_mask(s0, s1, cached.run_key(index // len(needs.items), cached_key),
+                                   need.get("b_shape")[need.get("cached_dim")],
+                                   need.get("b_shape"), need.get("cached_dim"), masks)
+        elif const:
             if const not in masks:
                 masks[const] = const_mask(s1, needs, const)
             b = masks[const]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mpc import fixed, nonlinear, protocol
+from mpc import cached, fixed, nonlinear, protocol
 from mpc.nonlinear import Bit
 from mpc.protocol import CLIENT, SERVER, Party
 from protocols.metering import Meter
@@ -95,9 +95,10 @@ class MpcOps(_ScopedOps):
     name = "mpc"
 
     def __init__(self, party: Party, weights: dict[str, WeightShare],
-                 additive: dict[str, torch.Tensor] | None = None):
+                 additive: dict[str, torch.Tensor] | None = None, generation: int = 0):
         super().__init__(party.channel.meter)
         self.party = party
+        self.generation = generation        # which run of the session (keys cached tensors)
         self.weights = weights
         self.additive = additive or {}      # server: encoded tensors added to its share
         self.f = party.frac_bits
@@ -161,6 +162,17 @@ class MpcOps(_ScopedOps):
     def matmul(self, x, y):
         need, _ = matmul_need(self._scope, x.shape, y.shape)
         return self._trunc(protocol.bilinear_shared(self.party, x, y, need, self._scope))
+
+    def cache_append(self, entries):
+        return protocol.cache_append(self.party, entries, self.generation, self._scope)
+
+    def matmul_cached(self, x, y, transpose=False):
+        need, _ = cached.cached_need(self._scope, x.shape, y.shape, y.key, y.dim, transpose)
+        return self._trunc(protocol.bilinear_cached(self.party, x, y, need, self._scope,
+                                                    self.generation))
+
+    def cached_value(self, y):
+        return y.share
 
     def mul_public(self, x, c):
         c = torch.as_tensor(c, dtype=torch.float64)
@@ -273,6 +285,21 @@ class PlanOps(_ScopedOps):
         need, out = matmul_need(self._scope, x.shape, y.shape)
         self.items.append(need)
         return self._trunc(out)
+
+    def cache_append(self, entries):
+        out = []
+        for key, old, new, dim in entries:
+            grown = new if old is None else torch.cat([old.share, new], dim)
+            out.append(cached.CachedShare(key, dim, grown, grown, grown))
+        return out
+
+    def matmul_cached(self, x, y, transpose=False):
+        need, out = cached.cached_need(self._scope, x.shape, y.shape, y.key, y.dim, transpose)
+        self.items.append(need)
+        return self._trunc(out)
+
+    def cached_value(self, y):
+        return y.share
 
     def mul_public(self, x, c):
         c = torch.as_tensor(c, dtype=torch.float64)

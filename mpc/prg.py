@@ -35,6 +35,21 @@ def expand(seed: bytes, stream: int, label: int, shape) -> torch.Tensor:
     return torch.from_numpy(arr).reshape(tuple(shape))
 
 
+def expand_range(seed: bytes, stream: int, label: int, start: int, count: int) -> torch.Tensor:
+    """Elements [start, start + count) of the (seed, stream, label) sequence: the same
+    values ``expand`` gives at those offsets, without generating the prefix."""
+    if len(seed) != SEED_BYTES:
+        raise ValueError(f"PRG seed must be {SEED_BYTES} bytes, got {len(seed)}")
+    if not (0 <= stream < 2 ** 64 and 0 <= label < 256 and 0 <= start < 2 ** 50):
+        raise ValueError(f"PRG stream {stream} / label {label} / offset {start} out of range")
+    block, skip = divmod(8 * start, 16)
+    nonce = (stream << 64 | label << 56 | block).to_bytes(16, "big")
+    enc = Cipher(algorithms.AES(seed), modes.CTR(nonce)).encryptor()
+    data = enc.update(bytes(skip + 8 * count)) + enc.finalize()
+    arr = np.frombuffer(data[skip:], dtype="<i8").astype(np.int64)
+    return torch.from_numpy(arr)
+
+
 def uniform_bits(seed: bytes, stream: int, label: int, shape) -> torch.Tensor:
     """Uniform 0/1 int64 tensor (lowest bit of the ring stream)."""
     return expand(seed, stream, label, shape) & 1

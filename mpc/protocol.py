@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mpc import kinds, material
+from mpc import cached, kinds, material
 from protocols.channel import Channel
 from protocols.config import CompareConfig
 from protocols.needs import Need
@@ -153,4 +153,49 @@ def mul(party: Party, x: torch.Tensor, y: torch.Tensor, scope: str) -> torch.Ten
     z = e * m["b"] + m["a"] * d + m["c"]
     if party.index == CLIENT:
         z = z + e * d
+    return z
+
+
+def cache_append(party: Party, entries, generation: int, scope: str):
+    """Append rows to cached tensors (``mpc.cached``): open F = X_new - B_new for every
+    entry in one round. ``entries``: (key, CachedShare or None, new share, dim).
+    Communication: 1 round; each party sends the new rows' elements * 8 bytes.
+    Leaks: nothing (B_new is uniform and known to neither party)."""
+    opened, parts = [], []
+    for key, old, new, dim in entries:
+        start = 0 if old is None else old.rows
+        full = cached.run_key(generation, key)
+        for r in range(start, start + new.shape[dim]):
+            party.store.mark_opened(f"cached:{full}#{r}")
+        mask = cached.mask_rows(party.store.seed, full, start, new.shape[dim], new.shape, dim)
+        parts.append((new - mask).flatten())
+        opened.append(mask)
+    flat = open_value(party, f"{scope}.cache", torch.cat(parts))
+    out, at = [], 0
+    for (key, old, new, dim), mask in zip(entries, opened):
+        f = flat[at: at + new.numel()].reshape(new.shape)
+        at += new.numel()
+        if old is None:
+            out.append(cached.CachedShare(key, dim, new, f, mask))
+        else:
+            out.append(cached.CachedShare(key, dim, torch.cat([old.share, new], dim),
+                                          torch.cat([old.masked, f], dim),
+                                          torch.cat([old.mask, mask], dim)))
+    return out
+
+
+def bilinear_cached(party: Party, x: torch.Tensor, y: "cached.CachedShare", need: Need,
+                    scope: str, generation: int) -> torch.Tensor:
+    """op(X, Y) for a fresh shared X and a cached Y: open only E = X - A (1 round; each
+    party sends numel(X) * 8 bytes); Y's opened F = Y - B serves every product.
+    Leaks: nothing."""
+    m = party.take(need)
+    if (party.store.cursor - 1) // len(party.store.needs.items) != generation:
+        raise MaterialError(f"{party.name}: cached product of run {generation} met material "
+                            f"of another run")
+    op = material.bilinear(need)
+    e = open_value(party, f"{scope}.open", x - m["a"])
+    z = op(e, y.mask) + op(m["a"], y.masked) + m["c"]
+    if party.index == CLIENT:
+        z = z + op(e, y.masked)
     return z

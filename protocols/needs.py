@@ -6,8 +6,10 @@ attributes; its key (scope and shapes) is checked at every use, so a party that 
 from the plan fails loudly instead of consuming the wrong material.
 
 Kinds (shapes are public):
-  bilinear  a_shape, b_shape, out_shape, op ("matmul" | "conv2d"), stride, padding,
-            const (weight id, or "" for a product of two activations)
+  bilinear  a_shape, b_shape, out_shape, op ("linear" | "matmul" | "matmul_t" | "hadamard"
+            | "conv2d"), stride, padding, const (weight id, or "" for a product of two
+            activations), optionally cached (id of a cached tensor, e.g. a KV cache, whose
+            rows keep a shared-only constant-operand mask; b is then that mask)
   square    shape
   mul       shape
   trunc     shape, frac_bits
@@ -40,10 +42,12 @@ class Need:
                             for k, v in attrs.items()))
         return cls(kind, scope, norm)
 
-    def get(self, name: str):
+    def get(self, name: str, default=KeyError):
         for k, v in self.attrs:
             if k == name:
                 return v
+        if default is not KeyError:
+            return default
         raise KeyError(f"{self.kind} need has no attribute {name!r}")
 
     def describe(self) -> str:

@@ -125,6 +125,27 @@ class Ops(abc.ABC):
             n = self.shape(x)[-1]
         return x
 
+    # -- cached operands (a KV cache) --------------------------------------------------------
+    def cache_append(self, entries):
+        """Append rows to cached tensors in one step. ``entries``: (key, cached or None,
+        new, dim) tuples; returns the grown cached values. A row, once written, never
+        changes, so a backend may give it a constant-operand mask that serves every later
+        product (``matmul_cached``). ``key`` names the tensor (e.g. "l0.k"), unique per
+        model run."""
+        return [new if old is None else self.cat([old, new], dim) for _, old, new, dim in entries]
+
+    def matmul_cached(self, x, cached, transpose: bool = False):
+        """x @ cached (or x @ cached^T over the last two dimensions) for a fresh x."""
+        if transpose:
+            n = len(self.shape(cached))
+            cached = self.permute(cached, tuple(range(n - 2)) + (n - 1, n - 2))
+        return self.matmul(x, cached)
+
+    def cached_value(self, cached):
+        """A cached tensor as an ordinary backend value (for products not covered by its
+        mask, comparisons, reductions)."""
+        return cached
+
     def maxpool2d(self, x, k: int):
         """Non-overlapping k x k max pooling of (B, C, H, W), H and W divisible by k."""
         b, c, h, w = self.shape(x)

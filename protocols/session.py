@@ -3,7 +3,7 @@
 The client's ``Hello`` names the package version, the protocol family, the config digest
 (arithmetic settings), the model and its architecture digest (layer names and shapes:
 public), the input shape with its batch dimension and how many inferences the session will
-serve. The server compares each with its own and refuses the first mismatch, naming both
+serve, and for a decoder how many tokens each inference generates. The server compares each with its own and refuses the first mismatch, naming both
 values. The weights are never digested: a weight digest would let the client test guesses
 of the server's private weights.
 """
@@ -22,10 +22,28 @@ class HandshakeError(ValueError):
 
 
 def make_hello(*, spec, protocol: str, config_digest: str, input_shape, inferences: int,
-               version: str = VERSION) -> pb.HelloRequest:
+               new_tokens: int = 0, version: str = VERSION) -> pb.HelloRequest:
     return pb.HelloRequest(version=version, protocol=protocol, config_digest=config_digest,
                            arch_digest=spec.arch_digest(), model=spec.name,
-                           input_shape=list(input_shape), inferences=inferences)
+                           input_shape=list(input_shape), inferences=inferences,
+                           new_tokens=new_tokens)
+
+
+def check_new_tokens(spec, input_shape, new_tokens: int) -> None:
+    """A decoder generates 1.. tokens within its context, one sequence at a time; any other
+    model generates none."""
+    dec = getattr(spec, "decoder", None)
+    if dec is None:
+        if new_tokens:
+            raise HandshakeError(f"model {spec.name} is not a decoder; new_tokens must be 0, "
+                                 f"got {new_tokens}")
+        return
+    if input_shape[0] != 1:
+        raise HandshakeError(f"decoder {spec.name} takes batch 1, got {input_shape[0]}")
+    room = dec.cfg.ctx - input_shape[1] + 1
+    if not 1 <= new_tokens <= room:
+        raise HandshakeError(f"new_tokens {new_tokens} outside [1, {room}] for a prompt "
+                             f"bucket of {input_shape[1]} in a context of {dec.cfg.ctx}")
 
 
 def check_hello(req: pb.HelloRequest, *, spec, protocols: list[str], config_digest: str,
@@ -54,4 +72,5 @@ def check_hello(req: pb.HelloRequest, *, spec, protocols: list[str], config_dige
         raise HandshakeError(f"batch size {shape[0]} outside [1, {MAX_BATCH}]")
     if not 1 <= req.inferences <= MAX_INFERENCES:
         raise HandshakeError(f"inferences {req.inferences} outside [1, {MAX_INFERENCES}]")
+    check_new_tokens(spec, shape, req.new_tokens)
     return shape

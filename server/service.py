@@ -71,7 +71,7 @@ class PartyServicer(rpc.PartyServicer):
         with self._lock:
             for old in [k for k, v in self._pending.items() if now - v[3] > PENDING_TTL_S]:
                 del self._pending[old]
-            self._pending[sid] = (family, shape, request.inferences, now)
+            self._pending[sid] = (family, shape, request.inferences, now, request.new_tokens)
         return pb.HelloReply(session_id=sid, version=VERSION,
                              dealer="separate-process" if family.uses_dealer else "none")
 
@@ -82,12 +82,13 @@ class PartyServicer(rpc.PartyServicer):
             entry = self._pending.pop(sid, None)
         if entry is None:
             context.abort(grpc.StatusCode.NOT_FOUND, "unknown or expired session; say Hello first")
-        family, shape, inferences, _ = entry
+        family, shape, inferences, _, new_tokens = entry
         meter = Meter("server")
         chan = serve_stream(request_iterator, meter, link="peer", session_id=sid,
                             transport=self.config.transport)
         ctx = RoleContext(spec=self.spec, config=self.config, channel=chan, meter=meter,
                           session_id=sid, input_shape=shape, inferences=inferences,
+                          new_tokens=new_tokens,
                           store_root=self.store_root,
                           dealer_connect=(lambda: self._connect_dealer(meter, sid)))
         threading.Thread(target=self._run, args=(family, ctx), daemon=True,

@@ -35,7 +35,8 @@ class InProcessDealer:
         return connect
 
 
-def make_contexts(spec, input_shape, tmp_path, *, config=None, inferences=1, session_id="s1"):
+def make_contexts(spec, input_shape, tmp_path, *, config=None, inferences=1, session_id="s1",
+                  new_tokens=0):
     """Client and server RoleContexts joined by an in-memory channel and a dealer."""
     config = config or Config()
     meters = (Meter("client"), Meter("server"))
@@ -44,7 +45,8 @@ def make_contexts(spec, input_shape, tmp_path, *, config=None, inferences=1, ses
     ctxs = [RoleContext(spec=spec, config=config, channel=chans[i], meter=meters[i],
                         session_id=session_id, input_shape=tuple(input_shape),
                         inferences=inferences, store_root=tmp_path / "store",
-                        dealer_connect=dealer.connect_for(meters[i], session_id))
+                        dealer_connect=dealer.connect_for(meters[i], session_id),
+                        new_tokens=new_tokens)
             for i in range(2)]
     return ctxs[0], ctxs[1], dealer
 

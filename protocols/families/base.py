@@ -37,6 +37,7 @@ class RoleContext:
     inferences: int = 1
     store_root: Path | None = None
     dealer_connect: Callable[[], Channel] | None = None   # opens a metered link to the dealer
+    new_tokens: int = 0                    # decoders: tokens generated per inference (public)
 
 
 class Role(abc.ABC):
@@ -94,4 +95,6 @@ def check_input(ctx: RoleContext, x: torch.Tensor) -> torch.Tensor:
                          f"{tuple(ctx.input_shape)}")
     if not torch.isfinite(x).all():
         raise ValueError("input holds NaN or inf")
+    if getattr(ctx.spec, "decoder", None) is not None:
+        ctx.spec.decoder.prompt_length(x)
     return x.to(torch.float64)

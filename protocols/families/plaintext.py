@@ -1,7 +1,8 @@
 """``plaintext``: the client sends its input in the clear; the server runs torch.
 
 Protocol: client -> server: x (float64); server -> client: y = model(x).
-Communication: 2 rounds; client sends numel(x) * 8 bytes, server sends numel(y) * 8.
+Communication: 2 rounds; client sends numel(x) * 8 bytes, server sends numel(y) * 8 (a
+decoder: the generated token ids).
 Leaks: everything: the server learns the client's input (logged as a reveal); the client
 learns the output. The speed reference, not a private protocol.
 """
@@ -49,8 +50,18 @@ class PlaintextServer(ServerRole):
             if not torch.isfinite(x).all():
                 raise ValueError("plaintext input holds NaN or inf")
             with torch.no_grad():
-                y = self.ctx.spec.forward(self.ops, x)
-            ch.send("plain.output", y.to(torch.float64))
+                y = self._run(x)
+            ch.send("plain.output", y)
+
+    def _run(self, x):
+        dec = self.ctx.spec.decoder
+        if dec is None:
+            return self.ctx.spec.forward(self.ops, x).to(torch.float64)
+        length = dec.prompt_length(x)
+        out = dec.run(self.ops, x, self.ctx.new_tokens,
+                      emit=lambda onehot: int(torch.argmax(onehot.reshape(-1))),
+                      feed=lambda t, prev: dec.step_input(prev, length + t - 1))
+        return torch.tensor([out], dtype=torch.int64)
 
 
 class PlaintextFamily(Family):

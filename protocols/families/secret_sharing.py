@@ -13,8 +13,13 @@ Online, per inference:
   3. the server sends its share of the output to the client (a declared reveal).
 Communication: see ``mpc.ops`` for each layer; the offline phase moves the dealer's
 material and sum(|W|) * 8 bytes of masked weights to the client.
-Leaks: to the server, nothing beyond the public input shape; to the client, the output
-(logged as a reveal). The client stores F = W - B, which is uniform without B. Trust: the
+Decoders (``models.decoding``): one inference prefills the prompt bucket, then generates
+``new_tokens`` tokens; each step's argmax one-hot is revealed to the client only, who feeds
+the token back as private input. Cached K/V rows keep shared-only masks (``mpc.cached``),
+so a step opens only its new query, rows and attention weights.
+Leaks: to the server, nothing beyond the public input shape (for a decoder: the prompt
+bucket and the number of generated tokens); to the client, the output (logged as a
+reveal; for a decoder, the generated tokens only). The client stores F = W - B, which is uniform without B. Trust: the
 dealer does not collude with either party; semi-honest parties.
 """
 
@@ -31,11 +36,38 @@ from protocols.needs import Needs
 from protocols.store import MaterialError, MaterialStore
 
 
-def plan(spec, input_shape, config, inferences: int = 1) -> Needs:
+def plan(spec, input_shape, config, inferences: int = 1, new_tokens: int = 0) -> Needs:
     """Exactly what the online phase will consume, from public facts only."""
     ops = PlanOps(spec.params, config.fixed.frac_bits, config.compare)
-    spec.forward(ops, PlanOps.tensor(input_shape))
+    x = PlanOps.tensor(input_shape)
+    if spec.decoder is None:
+        spec.forward(ops, x)
+    else:
+        cfg = spec.decoder.cfg
+        spec.decoder.run(ops, x, new_tokens, emit=lambda onehot: None,
+                         feed=lambda t, prev: (PlanOps.tensor((1, 1, cfg.vocab)),
+                                               PlanOps.tensor((1, 1, cfg.ctx))))
     return Needs(tuple(ops.items), tuple(sorted(ops.constants.items())), inferences)
+
+
+def generate(party: Party, ops: MpcOps, spec, x_share, new_tokens: int, length: int | None):
+    """Private greedy decoding (``models.decoding``): each step's argmax one-hot is revealed
+    to the client only, who feeds the token back as its next private input; the server's
+    shares of the fed rows are zeros. ``length``: the client's private prompt length."""
+    dec = spec.decoder
+    f = party.frac_bits
+
+    def emit(onehot):
+        y = reveal_to(party, CLIENT, "token", onehot, "generated token (argmax one-hot)")
+        return None if y is None else int(torch.argmax(fixed.decode(y, f).reshape(-1)))
+
+    def feed(t, prev):
+        if party.index == CLIENT:
+            return tuple(fixed.encode(r, f) for r in dec.step_input(prev, length + t - 1))
+        return (torch.zeros((1, 1, dec.cfg.vocab), dtype=torch.int64),
+                torch.zeros((1, 1, dec.cfg.ctx), dtype=torch.int64))
+
+    return dec.run(ops, x_share, new_tokens, emit=emit, feed=feed)
 
 
 class _MpcRole:
@@ -43,7 +75,9 @@ class _MpcRole:
 
     def _setup(self, ctx: RoleContext):
         self.f = ctx.config.fixed.frac_bits
-        self.needs = plan(ctx.spec, ctx.input_shape, ctx.config, ctx.inferences)
+        self.needs = plan(ctx.spec, ctx.input_shape, ctx.config, ctx.inferences,
+                          ctx.new_tokens)
+        self.runs = 0
         self.store: MaterialStore | None = None
         self.party: Party | None = None
 
@@ -102,7 +136,13 @@ class MpcClient(_MpcRole, ClientRole):
         ch.begin_epoch()
         with self.ctx.meter.in_phase("online"):
             share = fixed.encode(x, self.f)
-            out = self.ctx.spec.forward(MpcOps(self.party, self.weights), share)
+            ops = MpcOps(self.party, self.weights, generation=self.runs)
+            self.runs += 1
+            if self.ctx.spec.decoder is not None:
+                length = self.ctx.spec.decoder.prompt_length(x)
+                return torch.tensor([generate(self.party, ops, self.ctx.spec, share,
+                                              self.ctx.new_tokens, length)])
+            out = self.ctx.spec.forward(ops, share)
             y = reveal_to(self.party, CLIENT, "output", out, "model output")
         return fixed.decode(y, self.f)
 
@@ -142,7 +182,12 @@ class MpcServer(_MpcRole, ServerRole):
         ch.begin_epoch()
         with self.ctx.meter.in_phase("online"):
             share = torch.zeros(self.ctx.input_shape, dtype=torch.int64)
-            out = self.ctx.spec.forward(MpcOps(self.party, self.weights, self.additive), share)
+            ops = MpcOps(self.party, self.weights, self.additive, generation=self.runs)
+            self.runs += 1
+            if self.ctx.spec.decoder is not None:
+                generate(self.party, ops, self.ctx.spec, share, self.ctx.new_tokens, None)
+                return
+            out = self.ctx.spec.forward(ops, share)
             reveal_to(self.party, CLIENT, "output", out, "model output")
 
 

@@ -238,7 +238,7 @@ def test_the_first_mismatch_is_reported():
 def test_hello_carries_no_weights():
     fields = {f.name for f in pb.HelloRequest.DESCRIPTOR.fields}
     assert fields == {"version", "protocol", "config_digest", "arch_digest", "model",
-                      "input_shape", "inferences"}
+                      "input_shape", "inferences", "new_tokens"}
     # the architecture digest covers names and shapes only
     assert dataclasses.replace(SPEC, weights_file=SPEC.weights_file.with_name("x")) \
         .arch_digest() == SPEC.arch_digest()
