@@ -19,8 +19,9 @@ from protocols.registry import get_family
 
 
 def run_in_process(spec, weights: dict, x: torch.Tensor, config: Config | None = None,
-                   session_id: str = "local"):
-    """One mpc inference of ``spec`` on x; returns (output, client meter, server meter)."""
+                   session_id: str = "local", new_tokens: int = 0, roles: dict | None = None):
+    """One mpc inference of ``spec`` on x; returns (output, client meter, server meter).
+    ``roles``, if given, receives the client and server role objects."""
     config = config or Config()
     meters, dmeter = (Meter("client"), Meter("server")), Meter("dealer")
     chans, sessions = memory_pair(meters, session_id=session_id), DealerSessions()
@@ -35,10 +36,13 @@ def run_in_process(spec, weights: dict, x: torch.Tensor, config: Config | None =
     with tempfile.TemporaryDirectory(prefix="pinfer-local-") as store:
         ctxs = [RoleContext(spec=spec, config=config, channel=chans[i], meter=meters[i],
                             session_id=session_id, input_shape=tuple(x.shape), inferences=1,
-                            store_root=Path(store), dealer_connect=connect_for(meters[i]))
+                            store_root=Path(store), dealer_connect=connect_for(meters[i]),
+                            new_tokens=new_tokens)
                 for i in range(2)]
         family = get_family("mpc")
         client, server = family.client(ctxs[0]), family.server(ctxs[1], weights)
+        if roles is not None:
+            roles.update(client=client, server=server)
         try:
             y, _ = run_pair(lambda: (client.offline(), client.online(x))[1],
                             lambda: (server.offline(), server.online()), timeout=3600)

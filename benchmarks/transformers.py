@@ -188,6 +188,8 @@ def write_markdown(records, path: Path) -> str:
                   f"the others): top-1 equal to plaintext on {f['top1_agree_count']} of "
                   f"{f['clear_queries']} queries whose plaintext top-2 gap exceeds "
                   f"{2 * f['similarity_budget']}; near-ties: {f['near_ties']}."]
+    from benchmarks.decoding import markdown_lines
+    lines += markdown_lines(records)
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     return text
@@ -217,12 +219,17 @@ def main(argv=None) -> None:
     if args.sentences and not args.only_bert_base:
         records += fidelity_records(weights, args.sentences, "bitdecomp")
     append_records(args.out / "transformers.jsonl", records)
-    latest: dict = {}       # the table shows the latest record of each kind, any run
-    for r in read_records(args.out / "transformers.jsonl"):
-        key = (r.get("model"), r["params"].get("seq_len"), r.get("protocol"), r.get("method"),
-               "sentences" in r["params"])
+    print(rewrite_markdown(args.out))
+
+
+def rewrite_markdown(out: Path) -> str:
+    """transformers.md from the latest record of each kind in transformers.jsonl."""
+    latest: dict = {}
+    for r in read_records(out / "transformers.jsonl"):
+        key = (r.get("model"), r["params"].get("seq_len"), r["params"].get("context"),
+               r.get("protocol"), r.get("method"), "sentences" in r["params"])
         latest[key] = r
-    print(write_markdown(list(latest.values()), args.out / "transformers.md"))
+    return write_markdown(list(latest.values()), out / "transformers.md")
 
 
 if __name__ == "__main__":

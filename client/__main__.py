@@ -1,5 +1,6 @@
 """The client process: ``python -m client --model digits-cnn --protocol mpc --server H:P
---dealer H:D --index 17``.
+--dealer H:D --index 17`` (or ``--text "..."`` for minilm, ``--retrieval 120`` or
+``--prompt "0 5 ..." --max-new-tokens 4`` for the tiny-gpt decoder).
 
 Connects to the server (mutual TLS by default), runs the handshake, the offline phase
 (material from the dealer, a separate process) and the online phase on the private input,
@@ -49,8 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "pixel values in [0, 16]")
     src.add_argument("--text", help="sentence to embed (minilm); tokenized here, padded to a "
                                     "public length bucket")
+    src.add_argument("--prompt", help="decoder prompt (tiny-gpt): token ids separated by spaces "
+                                      "or commas")
+    src.add_argument("--retrieval", type=int, metavar="LENGTH",
+                     help="decoder prompt (tiny-gpt): a retrieval sample of LENGTH tokens "
+                          "(key-value pairs in filler, then a query), made here from --seed")
+    p.add_argument("--seed", type=int, default=0, help="sample seed for --retrieval")
+    p.add_argument("--max-new-tokens", type=int, default=4,
+                   help="decoders: tokens to generate (public, like the bucket; default 4)")
     p.add_argument("--bucket", type=int, help="length bucket for --text (default: the smallest "
-                                              "that fits: 16, 32, 64 or 128)")
+                                              "that fits: 16, 32, 64 or 128) or for a decoder "
+                                              "prompt (a multiple of 16)")
     p.add_argument("--repeat", type=int, default=1,
                    help="run the same input N times in one session (offline made for all N)")
     p.add_argument("--json", type=Path, help="write the run's record (JSON) to this file")
@@ -63,7 +73,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def load_prompt(args, spec) -> tuple[torch.Tensor, int | None]:
+    """A decoder's input (right-aligned one-hot rows in a bucket) and, for --retrieval,
+    the expected answer."""
+    if args.prompt is None and args.retrieval is None:
+        raise SystemExit(f"error: {spec.name} is a decoder: give --prompt or --retrieval")
+    answer = None
+    if args.retrieval is not None:
+        from models.train_tiny_gpt import make_task
+        try:
+            toks, answers, _ = make_task(1, args.retrieval, torch.Generator().manual_seed(args.seed))
+        except ValueError as exc:
+            raise SystemExit(f"error: --retrieval: {exc}") from None
+        ids, answer = toks[0].tolist(), int(answers[0, 0])
+    else:
+        try:
+            ids = [int(t) for t in args.prompt.replace(",", " ").split()]
+        except ValueError:
+            raise SystemExit("error: --prompt takes integer token ids") from None
+    step = spec.seq_buckets[0]
+    bucket = args.bucket or -(-len(ids) // step) * step
+    if bucket not in spec.seq_buckets:
+        raise SystemExit(f"error: bucket {bucket} is not one of {spec.name}'s (multiples of "
+                         f"{step} up to {spec.seq_buckets[-1]})")
+    try:
+        return spec.decoder.encode_prompt(ids, bucket), answer
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
 def load_input(args, spec) -> tuple[torch.Tensor, int | None]:
+    if spec.decoder is not None:
+        return load_prompt(args, spec)
+    if args.prompt is not None or args.retrieval is not None:
+        raise SystemExit(f"error: --prompt/--retrieval need a decoder model (tiny-gpt), not "
+                         f"{spec.name}")
     if args.text is not None:
         if spec.task != "embedding":
             raise SystemExit(f"error: --text needs a text model (minilm), not {spec.name}")
@@ -105,7 +149,8 @@ def main(argv=None) -> int:
     session = PrivateInference(model=args.model, protocol=args.protocol, server=args.server,
                                dealer=args.dealer, tls=files, config=cfg,
                                inferences=args.repeat, store_root=args.store,
-                               seq_len=x.shape[1] if spec.seq_buckets else None)
+                               seq_len=x.shape[1] if spec.seq_buckets else None,
+                               new_tokens=args.max_new_tokens if spec.decoder else 0)
     try:
         with session:
             session.offline()
@@ -117,6 +162,8 @@ def main(argv=None) -> int:
     record = session.record()
     record["threads"] = args.threads
     record["net"] = "loopback"
+    if spec.decoder is not None:
+        return finish_decoder(args, spec, x, y, label, record)
     if not args.no_reference:
         try:
             ref, secs = plaintext_forward(spec, spec.load_weights(), x)
@@ -135,12 +182,44 @@ def main(argv=None) -> int:
         pred = int(y.argmax(-1)[0])
         truth = f" (label {label})" if label is not None else ""
         print(f"prediction: {pred}{truth}   protocol={args.protocol} model={args.model}")
+    return report(args, record)
+
+
+def report(args, record) -> int:
     print(metrics_table(record))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(record, indent=1, default=str))
         print(f"record written to {args.json}")
     return 0
+
+
+def finish_decoder(args, spec, x, y, answer, record) -> int:
+    """Print the generated tokens, the plaintext greedy tokens and the per-token costs."""
+    from models.decoding import plain_decode
+    got = [int(t) for t in y[0]]
+    n = spec.decoder.prompt_length(x)
+    print(f"generated {len(got)} tokens after a prompt of {n} (bucket {x.shape[1]}): {got}"
+          + (f"   expected answer: {answer}" if answer is not None else ""))
+    if not args.no_reference:
+        try:
+            ids = [int(i) for i in x[0, x.shape[1] - n:, :spec.decoder.cfg.vocab].argmax(-1)]
+            want, margins = plain_decode(spec.load_weights(), ids, len(got), x.shape[1],
+                                         cfg=spec.decoder.cfg)
+            agree = sum(a == b for a, b in zip(got, want))
+            record["fidelity"] = {"top1_agree": agree / len(got), "plaintext_tokens": want,
+                                  "min_margin": min(margins)}
+            print(f"plaintext greedy tokens: {want}   agreement {agree}/{len(got)}")
+        except WeightsError as exc:
+            print(f"(no plaintext reference: {exc})", file=sys.stderr)
+    dec = record.get("decode", {})
+    for phase in ("prefill", "decode"):
+        if dec.get(phase, {}).get("rounds"):
+            d = dec[phase]
+            secs = f"{d['seconds']:.3f} s, " if "seconds" in d else ""
+            what = "prefill + first token" if phase == "prefill" else "per decode step"
+            print(f"{what}: {secs}{d['bytes'] / 2**20:.2f} MiB, {d['rounds']:.0f} rounds")
+    return report(args, record)
 
 
 if __name__ == "__main__":

@@ -174,6 +174,23 @@ class PrivateInference:
                     ch.close()
 
     # -- metrics -------------------------------------------------------------------------------
+    def _decode_figures(self, runs: int) -> dict:
+        """Per-token figures of the last generation: prefill (with the first token), then
+        the decode steps (meter scopes "prefill" and "decode"; bytes both directions)."""
+        steps = max(1, self.new_tokens - 1) * runs
+        out = {}
+        for scope, n in (("prefill", runs), ("decode", steps)):
+            c = self.meter.total("online", scope).as_dict()
+            out[scope] = {"bytes": (c["bytes_sent"] + c["bytes_received"]) / n,
+                          "rounds": c["rounds"] / n}
+        marks = getattr(self._role, "token_marks", None) or []
+        if len(marks) >= 2:
+            out["prefill"]["seconds"] = marks[1] - marks[0]
+            gaps = sorted(b - a for a, b in zip(marks[1:], marks[2:]))
+            if gaps:
+                out["decode"]["seconds"] = gaps[len(gaps) // 2]
+        return out
+
     def peak_storage_bytes(self) -> int:
         return self._role.peak_storage_bytes() if self._role else 0
 
@@ -204,9 +221,12 @@ class PrivateInference:
             "frame_bytes_sent", 0) + dealer_frames
         on_frames = s["online"]["frame_bytes_sent"] + server.get("online", {}).get(
             "frame_bytes_sent", 0)
+        params = {"input_shape": list(self.input_shape)}
+        if self.spec.decoder is not None:
+            params.update(context=self.input_shape[1], new_tokens=self.new_tokens)
         return {
             "model": self.spec.name, "protocol": self.family.name,
-            "params": {"input_shape": list(self.input_shape)},
+            "params": params,
             "offline": s["offline"], "online": online, "parties": parties,
             "offline_per_inference": {k: v / runs for k, v in s["offline"].items()},
             "total_bytes": (off_total + on_total) / runs,
@@ -217,6 +237,7 @@ class PrivateInference:
             "config_digest": self.config.digest(),
             "version": VERSION,
             "reveals": [r.__dict__ for r in self.meter.reveals],
+            **({"decode": self._decode_figures(runs)} if self.spec.decoder is not None else {}),
             "links": {"dealer": client_dealer,
                       "control": self.meter.total("control").as_dict()},
         }

@@ -29,6 +29,8 @@ def metrics_table(rec: dict) -> str:
     if fid and "cosine" in fid:
         lines.append(f"max |error| vs plaintext: {fid['max_abs_error']:.3g}   "
                      f"cosine: {fid['cosine']:.6f}")
+    elif fid and "plaintext_tokens" in fid:
+        lines.append(f"tokens agreeing with plaintext greedy: {fid['top1_agree']:.0%}")
     elif fid:
         lines.append(f"max |error| vs plaintext: {fid['max_abs_error']:.3g}   "
                      f"top-1 agrees: {fid['top1_agree_all']}")

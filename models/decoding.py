@@ -58,13 +58,15 @@ def step_rows(token: int, position: int, cfg: GptConfig, dtype=torch.float64):
 
 
 def decode(ops, tokens, positions, new_tokens: int, *, cfg: GptConfig, emit: Callable,
-           feed: Callable, chunk: int | None = None, observe: Callable | None = None) -> list:
+           feed: Callable, chunk: int | None = None, observe: Callable | None = None,
+           on_token: Callable | None = None) -> list:
     """Greedy decoding of ``new_tokens`` tokens; returns what ``emit`` returned per step.
 
     ``tokens``/``positions``: backend values (1, n, V)/(1, n, ctx) of the prompt rows.
     ``emit(onehot)``: the argmax one-hot (1, 1, V) -> the caller's token (or None).
     ``feed(step, previous)``: -> backend values of the next (token row, position row).
-    ``observe(logits)``: optional, sees each step's last-row logits (plaintext checks)."""
+    ``observe(logits)``: optional, sees each step's last-row logits (plaintext checks).
+    ``on_token(step)``: optional, called as each token is emitted (timing)."""
     n = ops.shape(tokens)[1]
     if n + new_tokens - 1 > cfg.ctx:
         raise ValueError(f"{n} prompt rows + {new_tokens} new tokens exceed the context {cfg.ctx}")
@@ -76,10 +78,22 @@ def decode(ops, tokens, positions, new_tokens: int, *, cfg: GptConfig, emit: Cal
             logits = forward(ops, ops.narrow(tokens, 1, start, m),
                              ops.narrow(positions, 1, start, m), cache, cfg=cfg)
         out = [_next_token(ops, logits, emit, observe)]
-    for t in range(1, new_tokens):
+    if on_token is not None:
+        on_token(0)
+    return decode_steps(ops, cache, out, new_tokens, cfg=cfg, emit=emit, feed=feed,
+                        observe=observe, on_token=on_token)
+
+
+def decode_steps(ops, cache: KVCache, out: list, new_tokens: int, *, cfg: GptConfig,
+                 emit: Callable, feed: Callable, observe: Callable | None = None,
+                 on_token: Callable | None = None) -> list:
+    """Decode steps len(out) .. new_tokens - 1 against a filled cache (scope "decode")."""
+    for t in range(len(out), new_tokens):
         with ops.scope("decode"):
             logits = forward(ops, *feed(t, out[-1]), cache, cfg=cfg)
             out.append(_next_token(ops, logits, emit, observe))
+        if on_token is not None:
+            on_token(t)
     return out
 
 

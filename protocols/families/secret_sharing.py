@@ -25,6 +25,8 @@ dealer does not collude with either party; semi-honest parties.
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from mpc import fixed, material
@@ -50,7 +52,8 @@ def plan(spec, input_shape, config, inferences: int = 1, new_tokens: int = 0) ->
     return Needs(tuple(ops.items), tuple(sorted(ops.constants.items())), inferences)
 
 
-def generate(party: Party, ops: MpcOps, spec, x_share, new_tokens: int, length: int | None):
+def generate(party: Party, ops: MpcOps, spec, x_share, new_tokens: int, length: int | None,
+             marks: list | None = None):
     """Private greedy decoding (``models.decoding``): each step's argmax one-hot is revealed
     to the client only, who feeds the token back as its next private input; the server's
     shares of the fed rows are zeros. ``length``: the client's private prompt length."""
@@ -67,7 +70,10 @@ def generate(party: Party, ops: MpcOps, spec, x_share, new_tokens: int, length: 
         return (torch.zeros((1, 1, dec.cfg.vocab), dtype=torch.int64),
                 torch.zeros((1, 1, dec.cfg.ctx), dtype=torch.int64))
 
-    return dec.run(ops, x_share, new_tokens, emit=emit, feed=feed)
+    if marks is not None:
+        marks[:] = [time.perf_counter()]
+    return dec.run(ops, x_share, new_tokens, emit=emit, feed=feed,
+                   on_token=None if marks is None else lambda t: marks.append(time.perf_counter()))
 
 
 class _MpcRole:
@@ -78,6 +84,7 @@ class _MpcRole:
         self.needs = plan(ctx.spec, ctx.input_shape, ctx.config, ctx.inferences,
                           ctx.new_tokens)
         self.runs = 0
+        self.token_marks: list[float] = []    # decoders: start, then one time per token
         self.store: MaterialStore | None = None
         self.party: Party | None = None
 
@@ -141,7 +148,7 @@ class MpcClient(_MpcRole, ClientRole):
             if self.ctx.spec.decoder is not None:
                 length = self.ctx.spec.decoder.prompt_length(x)
                 return torch.tensor([generate(self.party, ops, self.ctx.spec, share,
-                                              self.ctx.new_tokens, length)])
+                                              self.ctx.new_tokens, length, self.token_marks)])
             out = self.ctx.spec.forward(ops, share)
             y = reveal_to(self.party, CLIENT, "output", out, "model output")
         return fixed.decode(y, self.f)
