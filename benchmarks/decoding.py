@@ -237,7 +237,8 @@ def markdown_lines(records) -> list[str]:
              "real processes). The prefill is a benchmark-only cache fill (client shares = "
              "plaintext K/V, rows opened under their masks as a private prefill would); every "
              "decode step is the real protocol. Bytes: both directions. Offline: dealer "
-             "material per step, both parties.", "",
+             "material per step, both parties. Client storage: the session's peak (masked "
+             "weights and material) over its decode steps.", "",
              "| context | comparisons | online s / token | x plaintext | bytes / token | rounds "
              "/ token | offline / token | client storage / token | tokens = plaintext |",
              "|" + "---|" * 9]
@@ -249,6 +250,20 @@ def markdown_lines(records) -> list[str]:
                      f"{human_bytes(r['offline']['bytes_received'])} | "
                      f"{human_bytes(r['client_storage_bytes'])} | "
                      f"{r['fidelity']['top1_agree']:.0%} |")
+    for r in records:
+        if r.get("model") == "tiny-gpt" and r.get("method") == "decode-processes/fss":
+            d = r["decode"]
+            lines += ["", f"Between real processes (dealer, server, client; mTLS on loopback; "
+                      f"fully private, prefill included; `python -m client --model tiny-gpt "
+                      f"--retrieval {r['params']['context']} --max-new-tokens "
+                      f"{r['params']['new_tokens']}`): prefill of {r['params']['context']} "
+                      f"tokens {d['prefill']['seconds']:.2f} s, "
+                      f"{human_bytes(d['prefill']['bytes'])}, {d['prefill']['rounds']:g} rounds; "
+                      f"per decode step {d['decode']['seconds']:.3f} s, "
+                      f"{human_bytes(d['decode']['bytes'])}, {d['decode']['rounds']:g} rounds "
+                      f"(bytes and rounds equal to the in-process row); offline "
+                      f"{human_bytes(r['offline']['bytes_received'])} to the client, total "
+                      f"{human_bytes(r['total_bytes'])}."]
     for r in fid:
         f = r["fidelity"]
         lines += ["", f"Fidelity, fully private (prefill included, bucket "
