@@ -31,6 +31,7 @@ import torch
 from benchmarks.records import append_records, base_record
 from models.decoding import decode_steps, plain_decode, prompt_rows, step_rows
 from models.gpt import KVCache, forward
+from models.kv_eviction import make_policy
 from models.tiny_gpt import TINY_GPT, TinyGptDecoder
 from models.train_tiny_gpt import CFG, make_task
 from mpc import fixed
@@ -42,24 +43,30 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SETTINGS = {"fss": [], "bitdecomp": ["compare.method=bitdecomp", "compare.bits=32"]}
 
 
-def plain_cache(weights, prompt, bucket):
-    """Plaintext K/V (float64) of a right-aligned prompt, its validity and first token."""
+def plain_cache(weights, prompt, bucket, kv=None):
+    """Plaintext K/V (float64) of a right-aligned prompt after its prefill (the policy's
+    importance observed, no static step yet), and the first token."""
     ops = TorchOps(weights, exact=True)
     toks, pos, _ = prompt_rows(prompt, bucket, CFG)
-    cache = KVCache(CFG)
-    logits = forward(ops, toks, pos, cache, cfg=CFG)
+    cache = KVCache(CFG, make_policy(kv), prompt_len=bucket)
+    chunk = TINY_GPT.decoder.chunk
+    for start in range(0, bucket, chunk):
+        m = min(chunk, bucket - start)
+        logits = forward(ops, toks[:, start:start + m], pos[:, start:start + m], cache, cfg=CFG)
     return cache, int(logits[0, -1].argmax())
 
 
 @dataclasses.dataclass(frozen=True)
 class CacheFillDecoder(TinyGptDecoder):
-    """Benchmark only: the prefill replaced by sharing a plaintext cache (see above)."""
+    """Benchmark only: the prefill replaced by sharing a plaintext cache (see above); the
+    policy's static step and every decode step then run privately."""
 
     fill: object = None            # (KVCache of floats, first token): the client's side
 
-    def run(self, ops, x, new_tokens, *, emit, feed, observe=None, on_token=None):
-        cache = KVCache(self.cfg)
+    def run(self, ops, x, new_tokens, *, emit, feed, observe=None, on_token=None,
+            eviction=None):
         plain, first = self.fill
+        cache = KVCache(self.cfg, make_policy(eviction), prompt_len=plain.length)
 
         def value(t):
             if isinstance(ops, PlanOps):
@@ -73,6 +80,8 @@ class CacheFillDecoder(TinyGptDecoder):
                 cache.k[i], cache.v[i] = ops.cache_append(
                     [(f"l{i}.k", None, value(plain.k[i]), 2), (f"l{i}.v", None, value(plain.v[i]), 2)])
             cache.valid, cache.length = value(plain.valid), plain.length
+            cache.importance = {i: value(t) for i, t in plain.importance.items()}
+            cache.finish_prefill(ops)
         out = [first if not isinstance(ops, PlanOps) and ops.party.index == 0 else None]
         if on_token is not None:
             on_token(0)
@@ -84,7 +93,7 @@ def private_steps(weights, prompt, bucket, new_tokens, config, session_id):
     """mpc decode steps after a cache fill, in-process: (tokens, per-step figures)."""
     from benchmarks.in_process import run_in_process
     spec = dataclasses.replace(TINY_GPT, decoder=CacheFillDecoder(
-        CFG, fill=plain_cache(weights, prompt, bucket)))
+        CFG, fill=plain_cache(weights, prompt, bucket, config.kv)))
     x = TINY_GPT.decoder.encode_prompt(prompt, bucket)
     roles = {}
     t0 = time.perf_counter()

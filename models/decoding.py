@@ -59,25 +59,27 @@ def step_rows(token: int, position: int, cfg: GptConfig, dtype=torch.float64):
 
 def decode(ops, tokens, positions, new_tokens: int, *, cfg: GptConfig, emit: Callable,
            feed: Callable, chunk: int | None = None, observe: Callable | None = None,
-           on_token: Callable | None = None) -> list:
+           on_token: Callable | None = None, policy=None) -> list:
     """Greedy decoding of ``new_tokens`` tokens; returns what ``emit`` returned per step.
 
     ``tokens``/``positions``: backend values (1, n, V)/(1, n, ctx) of the prompt rows.
     ``emit(onehot)``: the argmax one-hot (1, 1, V) -> the caller's token (or None).
     ``feed(step, previous)``: -> backend values of the next (token row, position row).
     ``observe(logits)``: optional, sees each step's last-row logits (plaintext checks).
-    ``on_token(step)``: optional, called as each token is emitted (timing)."""
+    ``on_token(step)``: optional, called as each token is emitted (timing).
+    ``policy``: a KV eviction policy (``models.kv_eviction``) for the decode steps."""
     n = ops.shape(tokens)[1]
     if n + new_tokens - 1 > cfg.ctx:
         raise ValueError(f"{n} prompt rows + {new_tokens} new tokens exceed the context {cfg.ctx}")
     chunk = chunk or n
-    cache = KVCache(cfg)
+    cache = KVCache(cfg, policy, prompt_len=n)
     with ops.scope("prefill"):
         for start in range(0, n, chunk):
             m = min(chunk, n - start)
             logits = forward(ops, ops.narrow(tokens, 1, start, m),
                              ops.narrow(positions, 1, start, m), cache, cfg=cfg)
         out = [_next_token(ops, logits, emit, observe)]
+        cache.finish_prefill(ops)
     if on_token is not None:
         on_token(0)
     return decode_steps(ops, cache, out, new_tokens, cfg=cfg, emit=emit, feed=feed,
@@ -106,7 +108,7 @@ def _next_token(ops, logits, emit, observe):
 
 
 def plain_decode(weights, prompt_ids, new_tokens: int, bucket: int, *, cfg: GptConfig,
-                 chunk: int | None = None, ops=None):
+                 chunk: int | None = None, ops=None, policy=None):
     """The same decoding on plain tensors (exact float64 unless ``ops`` is given).
     Returns (tokens, margins): each step's top-1 minus top-2 logit."""
     from protocols.ops import TorchOps
@@ -122,5 +124,6 @@ def plain_decode(weights, prompt_ids, new_tokens: int, bucket: int, *, cfg: GptC
         margins.append(float(top[0] - top[1]))
 
     out = decode(ops, toks, pos, new_tokens, cfg=cfg, feed=feed, chunk=chunk, observe=observe,
+                 policy=policy,
                  emit=lambda onehot: int(torch.argmax(onehot.reshape(-1))))
     return out, margins

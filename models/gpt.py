@@ -75,12 +75,32 @@ class KVCache:
     """Per-layer keys and values (B, H, length, d_head) as backend values, plus the rows'
     validity (B, length) as a backend value. ``length`` is public (a configured budget)."""
 
-    def __init__(self, cfg: GptConfig):
+    def __init__(self, cfg: GptConfig, policy=None, prompt_len: int = 0):
         self.cfg = cfg
+        self.prompt_len_hint = prompt_len          # public: the prompt bucket, known upfront
         self.k: list = [None] * cfg.layers
         self.v: list = [None] * cfg.layers
         self.valid = None
         self.length = 0
+        self.query_start = 0
+        # eviction (models.kv_eviction): the policy and its state; public prompt length
+        self.policy = policy
+        self.prompt_len = 0
+        self.prefilled = False
+        self.importance: dict = {}
+        self.static: dict = {}
+        self.summary: dict = {}
+        self.selection: dict = {}
+
+    def evicting(self) -> bool:
+        return self.prefilled and self.policy is not None and self.policy.active(self.prompt_len)
+
+    def finish_prefill(self, ops) -> None:
+        """The prompt is in: the policy's look-once static step (meter scope "static")."""
+        self.prompt_len, self.prefilled = self.length, True
+        if self.evicting():
+            with ops.scope("static"):
+                self.policy.finish_prefill(ops, self)
 
     def append(self, ops, layer: int, k, v):
         """Append n new rows to ``layer``; returns the layer's full keys and values as
@@ -111,6 +131,14 @@ def _attention(ops, h, key_pen, keep, pen, i, cfg, cache):
     q, k, v = (ops.reshape(ops.narrow(qkv, 0, j, 1), (b, nh, n, dh)) for j in range(3))
     if cache is not None:
         k, v = cache.append(ops, i, k, v)                                  # (B, H, L+n, dh)
+        if cache.evicting():
+            from models.kv_eviction import attend
+            with ops.scope("evict"):
+                c = attend(ops, q, cache.policy.parts(ops, i, q, cache),
+                           lambda s: _softmax(ops, s, cfg))
+            c = ops.reshape(ops.permute(c, (0, 2, 1, 3)), (b, n, d))
+            with ops.scope("out"):
+                return ops.linear(c, f"l{i}.o")
     with ops.scope("scores"):
         s = ops.matmul(q, ops.permute(k, (0, 1, 3, 2))) if cache is None else \
             ops.matmul_cached(q, k, transpose=True)                        # (B, H, n, L+n)
@@ -118,6 +146,8 @@ def _attention(ops, h, key_pen, keep, pen, i, cfg, cache):
         s = ops.add(s, key_pen)                                            # padded keys
     with ops.scope("softmax"):
         p = _softmax(ops, s, cfg)
+    if cache is not None and cache.policy is not None and not cache.prefilled:
+        cache.policy.observe_prefill(ops, i, p, cache, cache.query_start)
     with ops.scope("context"):
         c = ops.matmul(p, v) if cache is None else ops.matmul_cached(p, v)  # (B, H, n, dh)
     c = ops.reshape(ops.permute(c, (0, 2, 1, 3)), (b, n, d))
@@ -149,6 +179,8 @@ def forward(ops, tokens_onehot, positions_onehot, cache: KVCache | None, valid=N
     the new rows' keys, values and validity are appended to it."""
     b, n, _ = ops.shape(tokens_onehot)
     cached = 0 if cache is None else cache.length
+    if cache is not None:
+        cache.query_start = cached
     if cached + n > cfg.ctx:
         raise ValueError(f"gpt: {cached} cached + {n} new rows exceed the context {cfg.ctx}")
     pen = EXACT_MASK_PENALTY if exact(ops) else MASK_PENALTY

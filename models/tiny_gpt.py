@@ -58,10 +58,14 @@ class TinyGptDecoder:
     def step_input(self, token: int, position: int):
         return step_rows(token, position, self.cfg)
 
-    def run(self, ops, x, new_tokens: int, *, emit, feed, observe=None, on_token=None) -> list:
+    def run(self, ops, x, new_tokens: int, *, emit, feed, observe=None, on_token=None,
+            eviction=None) -> list:
+        """Greedy decoding; ``eviction``: a ``KvConfig`` (None or "full": the whole cache)."""
+        from models.kv_eviction import make_policy
         toks, pos = self.split(ops, x)
         return decode(ops, toks, pos, new_tokens, cfg=self.cfg, emit=emit, feed=feed,
-                      chunk=self.chunk, observe=observe, on_token=on_token)
+                      chunk=self.chunk, observe=observe, on_token=on_token,
+                      policy=make_policy(eviction))
 
 
 def _forward(ops, x):

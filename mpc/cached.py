@@ -68,13 +68,16 @@ def dealer_mask(s0: bytes, s1: bytes, full_key: str, rows: int, shape, dim: int,
 @dataclass
 class CachedShare:
     """One party's view of a cached tensor: its share X^p, the opened F = X - B, and its
-    own mask share B^p (all with the rows along ``dim``)."""
+    own mask share B^p (rows along ``dim``). A view (``view``) holds rows
+    [start, start + count) of the tensor, grouped into clusters of ``cluster`` rows."""
 
     key: str
     dim: int
     share: torch.Tensor
     masked: torch.Tensor
     mask: torch.Tensor
+    start: int = 0
+    cluster: int = 0           # 0: the whole tensor (appendable); >= 1: a view
 
     @property
     def shape(self):
@@ -85,11 +88,49 @@ class CachedShare:
         return self.share.shape[self.dim]
 
 
-def cached_need(scope: str, x_shape, cached_shape, key: str, dim: int, transpose: bool):
-    """The bilinear item of x @ cached (or x @ cached^T) and the output shape."""
-    y = torch.empty(tuple(cached_shape), device="meta")
+def view(y: CachedShare, start: int, count: int, cluster: int = 1) -> CachedShare:
+    """Rows [start, start + count) of a whole cached tensor, in clusters of ``cluster``."""
+    if y.cluster:
+        raise ValueError("a view of a view is not supported; view the whole cached tensor")
+    if y.dim != y.share.dim() - 2 or count % cluster or start < 0 or start + count > y.rows:
+        raise ValueError(f"bad view of {y.key}: rows [{start}, {start + count}) of {y.rows}, "
+                         f"clusters of {cluster}")
+
+    def cut(t):
+        t = t.narrow(y.dim, start, count)
+        return t if cluster == 1 else t.reshape(t.shape[:-2] + (count // cluster,
+                                                                 cluster * t.shape[-1]))
+    return CachedShare(y.key, y.dim, cut(y.share), cut(y.masked), cut(y.mask), start, cluster)
+
+
+def view_mask(full: torch.Tensor, need: Need) -> torch.Tensor:
+    """The dealer's B for a product with a (viewed) cached tensor, from the full mask."""
+    dim, start, cluster = need.get("cached_dim"), need.get("row_start", 0), need.get("cluster", 0)
+    if not cluster:
+        return full
+    shape = need.get("b_shape")
+    count = shape[-2] * cluster
+    return full.narrow(dim, start, count).reshape(shape)
+
+
+def mask_rows_needed(need: Need) -> tuple[int, tuple[int, ...]]:
+    """(rows of the full tensor the product's mask covers, the full tensor's row shape)."""
+    shape, cluster = need.get("b_shape"), need.get("cluster", 0)
+    if not cluster:
+        return shape[need.get("cached_dim")], tuple(shape)
+    count = shape[-2] * cluster
+    full = tuple(shape[:-2]) + (count, shape[-1] // cluster)
+    return need.get("row_start") + count, full
+
+
+def cached_need(scope: str, x_shape, y, transpose: bool):
+    """The bilinear item of x @ y (or x @ y^T) for a cached (or viewed) y, and its output
+    shape. ``y``: anything with key, dim, shape, start and cluster."""
+    yy = torch.empty(tuple(y.shape), device="meta")
     out = tuple(torch.matmul(torch.empty(tuple(x_shape), device="meta"),
-                             y.transpose(-1, -2) if transpose else y).shape)
+                             yy.transpose(-1, -2) if transpose else yy).shape)
+    extra = {"row_start": y.start, "cluster": y.cluster} if y.cluster else {}
     return Need.make("bilinear", scope, op="matmul_t" if transpose else "matmul",
-                     a_shape=tuple(x_shape), b_shape=tuple(cached_shape), out_shape=out,
-                     const="", cached=key, cached_dim=dim, stride=1, padding=0), out
+                     a_shape=tuple(x_shape), b_shape=tuple(y.shape), out_shape=out,
+                     const="", cached=y.key, cached_dim=y.dim, stride=1, padding=0,
+                     **extra), out

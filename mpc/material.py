@@ -103,9 +103,10 @@ def server_correction(need: Need, index: int, s0: bytes, s1: bytes, needs: Needs
         a = p0["a"] + p1["a"]
         const, cached_key = need.get("const"), need.get("cached", "")
         if cached_key:
-            b = cached.dealer_mask(s0, s1, cached.run_key(index // len(needs.items), cached_key),
-                                   need.get("b_shape")[need.get("cached_dim")],
-                                   need.get("b_shape"), need.get("cached_dim"), masks)
+            rows, full_shape = cached.mask_rows_needed(need)
+            full = cached.dealer_mask(s0, s1, cached.run_key(index // len(needs.items), cached_key),
+                                      rows, full_shape, need.get("cached_dim"), masks)
+            b = cached.view_mask(full, need)
         elif const:
             if const not in masks:
                 masks[const] = const_mask(s1, needs, const)

@@ -167,9 +167,12 @@ class MpcOps(_ScopedOps):
         return protocol.cache_append(self.party, entries, self.generation, self._scope)
 
     def matmul_cached(self, x, y, transpose=False):
-        need, _ = cached.cached_need(self._scope, x.shape, y.shape, y.key, y.dim, transpose)
+        need, _ = cached.cached_need(self._scope, x.shape, y, transpose)
         return self._trunc(protocol.bilinear_cached(self.party, x, y, need, self._scope,
                                                     self.generation))
+
+    def cached_rows(self, y, start, count, cluster=1):
+        return cached.view(y, start, count, cluster)
 
     def cached_value(self, y):
         return y.share
@@ -294,9 +297,12 @@ class PlanOps(_ScopedOps):
         return out
 
     def matmul_cached(self, x, y, transpose=False):
-        need, out = cached.cached_need(self._scope, x.shape, y.shape, y.key, y.dim, transpose)
+        need, out = cached.cached_need(self._scope, x.shape, y, transpose)
         self.items.append(need)
         return self._trunc(out)
+
+    def cached_rows(self, y, start, count, cluster=1):
+        return cached.view(y, start, count, cluster)
 
     def cached_value(self, y):
         return y.share

@@ -56,6 +56,53 @@ class CompareConfig:
             raise ConfigError("compare.relu_drop_bits (Circa ReLU) needs compare.method='fss'")
 
 
+KV_METHODS = ("full", "streamingllm", "h2o", "mpcache")
+
+
+@dataclass(frozen=True)
+class KvConfig:
+    """KV-cache eviction for decoders (``models.kv_eviction``); budgets are public."""
+
+    method: str = "full"
+    budget: int = 64             # prompt rows a decode step attends to (sink + picks + last)
+    sinks: int = 16              # streamingllm: first rows always kept
+    window: int = 16             # h2o: last prompt rows always kept
+    cluster: int = 16            # mpcache: rows per (fine) cluster
+    coarse: int = 4              # mpcache: fine clusters per coarse cluster (1: one level)
+    coarse_keep: int = 4         # mpcache: coarse clusters kept before refinement
+    score: str = "bound"         # mpcache: "bound" (sum_d max(q_d max_d, q_d min_d)) or
+    alpha: float = 0.6           #   "alpha" (q . (alpha max + (1 - alpha) min), the paper's)
+    static_budget: int = 0       # mpcache: prompt rows kept by look-once static eviction (0: off)
+    static_queries: float = 0.2  # mpcache: fraction of the last prompt queries scoring rows
+    share: int = 1               # mpcache: adjacent layers sharing one dynamic selection
+
+    def __post_init__(self):
+        if self.method not in KV_METHODS:
+            raise ConfigError(f"kv.method={self.method!r}; expected one of {KV_METHODS}")
+        c = self.cluster
+        if min(self.budget, self.sinks, self.window, c, self.share, self.coarse,
+               self.coarse_keep) < 1 or self.static_budget < 0:
+            raise ConfigError("kv budgets, sinks, window, cluster, coarse, coarse_keep and share "
+                              "must be >= 1 (static_budget >= 0)")
+        if self.score not in ("bound", "alpha"):
+            raise ConfigError(f"kv.score={self.score!r}; expected 'bound' or 'alpha'")
+        if not 0 < self.static_queries <= 1 or not 0 <= self.alpha <= 1:
+            raise ConfigError("kv.static_queries must lie in (0, 1] and kv.alpha in [0, 1]")
+        if self.method == "mpcache":
+            picks = self.budget // c - 2
+            if self.budget % c or picks < 1 or self.static_budget % (c * self.coarse):
+                raise ConfigError(f"mpcache needs kv.budget ({self.budget}) a multiple of "
+                                  f"kv.cluster ({c}) of at least 3 clusters, and kv.static_budget "
+                                  f"({self.static_budget}) a multiple of cluster * coarse")
+            if self.coarse > 1 and picks > self.coarse_keep * self.coarse:
+                raise ConfigError(f"mpcache picks {picks} fine clusters but refines only "
+                                  f"{self.coarse_keep} x {self.coarse}")
+        if self.method == "streamingllm" and self.sinks >= self.budget:
+            raise ConfigError(f"streamingllm needs kv.sinks ({self.sinks}) < kv.budget ({self.budget})")
+        if self.method == "h2o" and self.window >= self.budget:
+            raise ConfigError(f"h2o needs kv.window ({self.window}) < kv.budget ({self.budget})")
+
+
 @dataclass(frozen=True)
 class TransportConfig:
     """Local network settings (not part of the digest)."""
@@ -79,6 +126,7 @@ class Config:
     fixed: FixedPointConfig = field(default_factory=FixedPointConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
+    kv: KvConfig = field(default_factory=KvConfig)
     threads: int = 1                 # torch threads per party
 
     def __post_init__(self):
@@ -89,6 +137,8 @@ class Config:
         """Digest of what both parties must agree on (arithmetic, not local tuning)."""
         agreed = {"fixed": dataclasses.asdict(self.fixed),
                   "compare": dataclasses.asdict(self.compare)}
+        if self.kv.method != "full":
+            agreed["kv"] = dataclasses.asdict(self.kv)
         return hashlib.sha256(json.dumps(agreed, sort_keys=True).encode()).hexdigest()[:16]
 
     def with_overrides(self, overrides: list[str]) -> "Config":
@@ -155,6 +205,7 @@ def from_dict(data: dict) -> Config:
             fixed=FixedPointConfig(**data.get("fixed", {})),
             compare=CompareConfig(**data.get("compare", {})),
             transport=TransportConfig(**data.get("transport", {})),
+            kv=KvConfig(**data.get("kv", {})),
             threads=data.get("threads", 1),
         )
     except (TypeError, ValueError) as exc:

@@ -141,6 +141,20 @@ class Ops(abc.ABC):
             cached = self.permute(cached, tuple(range(n - 2)) + (n - 1, n - 2))
         return self.matmul(x, cached)
 
+    def cached_rows(self, cached, start: int, count: int, cluster: int = 1):
+        """Rows [start, start + count) of a cached tensor (rows on the next-to-last
+        dimension, public range), optionally grouped into clusters of ``cluster`` rows:
+        (..., count, d) -> (..., count / cluster, cluster * d). Still a cached operand."""
+        x = self.narrow(cached, -2, start, count)
+        if cluster == 1:
+            return x
+        s = self.shape(x)
+        return self.reshape(x, s[:-2] + (count // cluster, cluster * s[-1]))
+
+    def index_select(self, x, dim: int, index):
+        """Entries of x at public indices along ``dim`` (local under every backend)."""
+        return self.cat([self.narrow(x, dim, int(i), 1) for i in index], dim)
+
     def cached_value(self, cached):
         """A cached tensor as an ordinary backend value (for products not covered by its
         mask, comparisons, reductions)."""
@@ -216,6 +230,9 @@ class TensorStructure:
     def cat(self, xs, dim):
         return torch.cat(list(xs), dim)
 
+    def index_select(self, x, dim, index):
+        return x.index_select(dim, torch.as_tensor(list(index), dtype=torch.long, device=x.device))
+
 
 class TorchOps(TensorStructure, Ops):
     """Plain torch: the float64 reference and the fast float32/bf16 path (CPU or CUDA)."""
@@ -280,7 +297,7 @@ class TorchOps(TensorStructure, Ops):
         return x * torch.as_tensor(c, dtype=x.dtype, device=x.device) if torch.is_tensor(c) else x * c
 
     def add_public(self, x, c):
-        return x + c
+        return x + (torch.as_tensor(c, dtype=x.dtype, device=x.device) if torch.is_tensor(c) else c)
 
     def sum(self, x, dim, keepdim=False):
         return x.sum(dim=dim, keepdim=keepdim)

@@ -58,7 +58,7 @@ class PlaintextServer(ServerRole):
         if dec is None:
             return self.ctx.spec.forward(self.ops, x).to(torch.float64)
         length = dec.prompt_length(x)
-        out = dec.run(self.ops, x, self.ctx.new_tokens,
+        out = dec.run(self.ops, x, self.ctx.new_tokens, eviction=self.ctx.config.kv,
                       emit=lambda onehot: int(torch.argmax(onehot.reshape(-1))),
                       feed=lambda t, prev: dec.step_input(prev, length + t - 1))
         return torch.tensor([out], dtype=torch.int64)

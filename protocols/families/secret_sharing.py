@@ -46,14 +46,14 @@ def plan(spec, input_shape, config, inferences: int = 1, new_tokens: int = 0) ->
         spec.forward(ops, x)
     else:
         cfg = spec.decoder.cfg
-        spec.decoder.run(ops, x, new_tokens, emit=lambda onehot: None,
+        spec.decoder.run(ops, x, new_tokens, emit=lambda onehot: None, eviction=config.kv,
                          feed=lambda t, prev: (PlanOps.tensor((1, 1, cfg.vocab)),
                                                PlanOps.tensor((1, 1, cfg.ctx))))
     return Needs(tuple(ops.items), tuple(sorted(ops.constants.items())), inferences)
 
 
 def generate(party: Party, ops: MpcOps, spec, x_share, new_tokens: int, length: int | None,
-             marks: list | None = None):
+             marks: list | None = None, eviction=None):
     """Private greedy decoding (``models.decoding``): each step's argmax one-hot is revealed
     to the client only, who feeds the token back as its next private input; the server's
     shares of the fed rows are zeros. ``length``: the client's private prompt length."""
@@ -72,7 +72,7 @@ def generate(party: Party, ops: MpcOps, spec, x_share, new_tokens: int, length: 
 
     if marks is not None:
         marks[:] = [time.perf_counter()]
-    return dec.run(ops, x_share, new_tokens, emit=emit, feed=feed,
+    return dec.run(ops, x_share, new_tokens, emit=emit, feed=feed, eviction=eviction,
                    on_token=None if marks is None else lambda t: marks.append(time.perf_counter()))
 
 
@@ -148,7 +148,8 @@ class MpcClient(_MpcRole, ClientRole):
             if self.ctx.spec.decoder is not None:
                 length = self.ctx.spec.decoder.prompt_length(x)
                 return torch.tensor([generate(self.party, ops, self.ctx.spec, share,
-                                              self.ctx.new_tokens, length, self.token_marks)])
+                                              self.ctx.new_tokens, length, self.token_marks,
+                                              self.ctx.config.kv)])
             out = self.ctx.spec.forward(ops, share)
             y = reveal_to(self.party, CLIENT, "output", out, "model output")
         return fixed.decode(y, self.f)
@@ -192,7 +193,8 @@ class MpcServer(_MpcRole, ServerRole):
             ops = MpcOps(self.party, self.weights, self.additive, generation=self.runs)
             self.runs += 1
             if self.ctx.spec.decoder is not None:
-                generate(self.party, ops, self.ctx.spec, share, self.ctx.new_tokens, None)
+                generate(self.party, ops, self.ctx.spec, share, self.ctx.new_tokens, None,
+                         eviction=self.ctx.config.kv)
                 return
             out = self.ctx.spec.forward(ops, share)
             reveal_to(self.party, CLIENT, "output", out, "model output")

@@ -35,8 +35,15 @@ def test_mask_shares_are_per_key_and_per_run():
     assert not torch.equal(a, other_key) and not torch.equal(a, other_run)
 
 
+class _Y:
+    """Shape and identity of a whole cached tensor "l0.k" (what a plan sees)."""
+
+    def __init__(self, shape):
+        self.shape, self.key, self.dim, self.start, self.cluster = shape, "l0.k", 2, 0, 0
+
+
 def _needs(steps, inferences=1):
-    items = [cached.cached_need("s", x, y, "l0.k", 2, t)[0] for x, y, t in steps]
+    items = [cached.cached_need("s", x, _Y(y), t)[0] for x, y, t in steps]
     return Needs(tuple(items), (), inferences)
 
 
@@ -110,3 +117,35 @@ def test_material_of_another_run_is_refused(tmp_path):
 
     with pytest.raises(MaterialError, match="another run"):
         pair.run(run1_with_run0_material)
+
+
+def test_products_with_row_ranges_and_cluster_views(tmp_path):
+    """A public row range and a clustered view (rows grouped c at a time, the layout of a
+    cluster gather) keep the cached masks: exact, and only the fresh operand opens."""
+    gen = torch.Generator().manual_seed(4)
+    k = ring_random((1, 2, 8, 3), gen)
+    ks = split(k, gen)
+    q = ring_random((1, 2, 1, 3), gen)
+    s = ring_random((1, 2, 2, 3), gen)        # e.g. a one-hot over 3 clusters of 2 rows
+    qs, ss = split(q, gen), split(s, gen)
+
+    class View:
+        def __init__(self, shape, start, cluster):
+            self.shape, self.key, self.dim, self.start, self.cluster = shape, "l0.k", 2, start, cluster
+
+    needs = Needs((cached.cached_need("s", q.shape, View((1, 2, 3, 3), 4, 1), True)[0],
+                   cached.cached_need("s", s.shape, View((1, 2, 3, 6), 2, 2), False)[0]))
+    pair = ProtocolPair(needs, tmp_path)
+
+    def step(party):
+        i = party.index
+        (kk,) = protocol.cache_append(party, [("l0.k", None, ks[i], 2)], 0, "s")
+        z1 = protocol.bilinear_cached(party, qs[i], cached.view(kk, 4, 3), needs.items[0], "s", 0)
+        z2 = protocol.bilinear_cached(party, ss[i], cached.view(kk, 2, 6, 2), needs.items[1], "s", 0)
+        return z1, z2
+
+    (a1, a2), (b1, b2) = pair.run(step)
+    assert torch.equal(a1 + b1, q @ k[:, :, 4:7].transpose(-1, -2))
+    assert torch.equal(a2 + b2, s @ k[:, :, 2:8].reshape(1, 2, 3, 6))
+    with pytest.raises(ValueError, match="bad view"):
+        cached.view(cached.CachedShare("l0.k", 2, ks[0], ks[0], ks[0]), 6, 4)
