@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from approximations.activations import GeluTanhParams, gelu_tanh
+from approximations.activations import GeluPumaParams, GeluTanhParams, gelu_puma, gelu_tanh
 from approximations.normalization import LayerNormParams, SoftmaxParams
 from models.blocks import exact, layer_norm, layer_params, softmax_last
 
@@ -45,6 +45,8 @@ class GptConfig:
     frac_bits: int = 16
     eps: float = 1e-5
     gelu_tanh: GeluTanhParams = GeluTanhParams()
+    gelu_form: str = "tanh"      # approximation off the exact backend: "tanh" or "puma"
+    gelu_puma: GeluPumaParams = GeluPumaParams()
     softmax: SoftmaxParams = field(default_factory=SoftmaxParams)
     layernorm: LayerNormParams = LayerNormParams()   # its eps is replaced by ``eps``
 
@@ -67,8 +69,11 @@ def _softmax(ops, s, cfg):
 
 
 def _gelu(ops, f, cfg):
-    return F.gelu(f, approximate="tanh") if exact(ops) else gelu_tanh(ops, f, cfg.frac_bits,
-                                                                     cfg.gelu_tanh)
+    if exact(ops):
+        return F.gelu(f, approximate="tanh")
+    if cfg.gelu_form == "puma":
+        return gelu_puma(ops, f, cfg.gelu_puma)
+    return gelu_tanh(ops, f, cfg.frac_bits, cfg.gelu_tanh)
 
 
 class KVCache:

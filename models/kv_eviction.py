@@ -131,11 +131,11 @@ def _gather_rows(ops, cache, i, sel, start, count, key, cluster=1):
     sel4 = ops.reshape(sel, (b, 1, k_sel, ops.shape(sel)[-1]))
     kv = []
     for t in (cache.k[i], cache.v[i]):
-        g = ops.matmul_cached(sel4, ops.cached_rows(t, start, count, cluster))
+        g = ops.matmul_cached(sel4, ops.cached_rows(t, start, count, cluster), integer=True)
         s = ops.shape(g)
         kv.append(ops.reshape(g, s[:-2] + (k_sel * cluster, s[-1] // cluster)))
     valid = ops.reshape(ops.narrow(cache.valid, -1, start, count), (b, count // cluster, cluster))
-    valid = ops.reshape(ops.matmul(sel, valid), (b, k_sel * cluster))
+    valid = ops.reshape(ops.matmul(sel, valid, integer=True), (b, k_sel * cluster))
     k, v = ops.cache_append([(f"{key}.k", None, kv[0], 2), (f"{key}.v", None, kv[1], 2)])
     return k, v, valid
 
@@ -261,10 +261,10 @@ class MPCache(Policy):
         b, h, n_f = ops.shape(fine)
         k1 = self.cfg.coarse_keep
         s1 = top_k_onehot(ops, coarse, k1)                                      # (B, H, k1, n_c)
-        kids = ops.matmul(s1, ops.reshape(fine, (b, h, n_f // co, co)))        # (B, H, k1, co)
+        kids = ops.matmul(s1, ops.reshape(fine, (b, h, n_f // co, co)), integer=True)
         s2 = top_k_onehot(ops, ops.reshape(kids, (b, h, k1 * co)), picks)      # (B, H, picks, k1 co)
         s2 = ops.permute(ops.reshape(s2, (b, h, picks, k1, co)), (0, 1, 4, 2, 3))
-        full = ops.matmul(s2, ops.reshape(s1, (b, h, 1, k1, n_f // co)))       # (B, H, co, picks, n_c)
+        full = ops.matmul(s2, ops.reshape(s1, (b, h, 1, k1, n_f // co)), integer=True)
         return ops.reshape(ops.permute(full, (0, 1, 3, 4, 2)), (b, h, picks, n_f))
 
     def parts(self, ops, layer, q, cache):
@@ -279,9 +279,9 @@ class MPCache(Policy):
         with ops.scope("gather"):
             kv = []
             for t in (k, v):
-                x = ops.matmul_cached(sel, ops.cached_rows(t, start, n_sel * c, c))
+                x = ops.matmul_cached(sel, ops.cached_rows(t, start, n_sel * c, c), integer=True)
                 kv.append(ops.reshape(x, (b, h, picks * c, ops.shape(x)[-1] // c)))
-            valid = ops.matmul(sel, ops.reshape(valid, (b, 1, n_sel, c)))
+            valid = ops.matmul(sel, ops.reshape(valid, (b, 1, n_sel, c)), integer=True)
             valid = ops.reshape(valid, (b, h, picks * c))
         rest = c + n_f * c
         return [_rows(ops, cache, layer, 0, c), Part(kv[0], kv[1], valid, False),

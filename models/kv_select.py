@@ -39,7 +39,9 @@ def ranks(ops, s):
 
 
 def top_k_onehot(ops, s, k: int):
-    """(..., k, n) one-hot rows of the k largest scores of s (..., n), best first."""
+    """(..., k, n) one-hot rows of the k largest scores of s (..., n), best first, as
+    integers without the fixed-point scale (``ops.bit_count``): use them as the first
+    operand of ``matmul(..., integer=True)``, which then needs no truncation."""
     shape = ops.shape(s)
     n = shape[-1]
     if not 1 <= k <= n:
@@ -47,7 +49,7 @@ def top_k_onehot(ops, s, k: int):
     r = ops.reshape(ranks(ops, s), shape[:-1] + (1, n))
     rr = ops.cat([r] * k, -2)                                           # (..., k, n)
     thresholds = (torch.arange(1, k + 1, dtype=torch.float64) - 0.5).reshape(k, 1)
-    below = ops.bit_value(ops.ltz(ops.add_public(rr, -thresholds)))     # [rank < m], m = 1..k
+    below = ops.bit_count(ops.ltz(ops.add_public(rr, -thresholds)))     # [rank < m], m = 1..k
     if k == 1:
         return below
     prev = ops.narrow(below, -2, 0, k - 1)

@@ -30,7 +30,7 @@ from models.gpt import GptConfig, forward, gpt_params
 from models.spec import WEIGHTS_DIR, load_safetensors
 from protocols.ops import TorchOps
 
-CFG = GptConfig(vocab=128, d=64, layers=2, heads=4, ctx=1024, ffn=256)
+CFG = GptConfig(vocab=128, d=64, layers=2, heads=4, ctx=1024, ffn=256, gelu_form="puma")
 BOS, QUERY = 0, 1
 N_KEYS, N_VALUES = 8, 12
 FILLER, KEYS, VALUES = (2, 12), (12, 12 + N_KEYS), (20, 20 + N_VALUES)   # [lo, hi) ids

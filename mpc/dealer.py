@@ -127,11 +127,13 @@ def fetch_material(channel: Channel, store: MaterialStore, *, role: str, session
         raise MaterialError(f"dealer sent a malformed seed ({seed.numel()} bytes)")
     store.write_seed(bytes(seed.numpy()))
     party = PARTY_NAMES.index(role)
+    meter = channel.meter
     for index in range(len(needs)):
         need = needs.at(index)
         arrays = {}
         for name, (shape, dtype) in kinds.explicit_shapes(need, party).items():
-            arr = channel.recv(f"dealer.{name}")
+            with meter.in_scope(need.scope):       # material metered by the step it serves
+                arr = channel.recv(f"dealer.{name}")
             if arr.dtype != dtype or tuple(arr.shape) != tuple(shape):
                 raise MaterialError(f"dealer sent {name} of item {index} as {arr.dtype} "
                                     f"{tuple(arr.shape)}; the plan needs {dtype} {tuple(shape)}")

@@ -159,17 +159,21 @@ class MpcOps(_ScopedOps):
     def square(self, x):
         return self._trunc(protocol.square(self.party, x, self._scope))
 
-    def matmul(self, x, y):
+    def matmul(self, x, y, integer=False):
         need, _ = matmul_need(self._scope, x.shape, y.shape)
-        return self._trunc(protocol.bilinear_shared(self.party, x, y, need, self._scope))
+        z = protocol.bilinear_shared(self.party, x, y, need, self._scope)
+        return z if integer else self._trunc(z)
 
     def cache_append(self, entries):
         return protocol.cache_append(self.party, entries, self.generation, self._scope)
 
-    def matmul_cached(self, x, y, transpose=False):
+    def matmul_cached(self, x, y, transpose=False, integer=False):
         need, _ = cached.cached_need(self._scope, x.shape, y, transpose)
-        return self._trunc(protocol.bilinear_cached(self.party, x, y, need, self._scope,
-                                                    self.generation))
+        z = protocol.bilinear_cached(self.party, x, y, need, self._scope, self.generation)
+        return z if integer else self._trunc(z)
+
+    def bit_count(self, bit):
+        return bit.share
 
     def cached_rows(self, y, start, count, cluster=1):
         return cached.view(y, start, count, cluster)
@@ -284,10 +288,10 @@ class PlanOps(_ScopedOps):
         self.items.append(Need.make("square", self._scope, shape=tuple(x.shape)))
         return self._trunc(x.shape)
 
-    def matmul(self, x, y):
+    def matmul(self, x, y, integer=False):
         need, out = matmul_need(self._scope, x.shape, y.shape)
         self.items.append(need)
-        return self._trunc(out)
+        return self.tensor(out) if integer else self._trunc(out)
 
     def cache_append(self, entries):
         out = []
@@ -296,10 +300,13 @@ class PlanOps(_ScopedOps):
             out.append(cached.CachedShare(key, dim, grown, grown, grown))
         return out
 
-    def matmul_cached(self, x, y, transpose=False):
+    def matmul_cached(self, x, y, transpose=False, integer=False):
         need, out = cached.cached_need(self._scope, x.shape, y, transpose)
         self.items.append(need)
-        return self._trunc(out)
+        return self.tensor(out) if integer else self._trunc(out)
+
+    def bit_count(self, bit):
+        return self.tensor(bit.shape)
 
     def cached_rows(self, y, start, count, cluster=1):
         return cached.view(y, start, count, cluster)

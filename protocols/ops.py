@@ -61,8 +61,10 @@ class Ops(abc.ABC):
     def square(self, x): ...
 
     @abc.abstractmethod
-    def matmul(self, x, y):
-        """Product of two activations (batched over leading dims)."""
+    def matmul(self, x, y, integer: bool = False):
+        """Product of two activations (batched over leading dims). ``integer``: x holds
+        integers without the fixed-point scale (from ``bit_count``, e.g. a one-hot), so
+        the product needs no rescaling."""
 
     @abc.abstractmethod
     def mul_public(self, x, c):
@@ -134,12 +136,18 @@ class Ops(abc.ABC):
         model run."""
         return [new if old is None else self.cat([old, new], dim) for _, old, new, dim in entries]
 
-    def matmul_cached(self, x, cached, transpose: bool = False):
-        """x @ cached (or x @ cached^T over the last two dimensions) for a fresh x."""
+    def matmul_cached(self, x, cached, transpose: bool = False, integer: bool = False):
+        """x @ cached (or x @ cached^T over the last two dimensions) for a fresh x
+        (``integer`` as for ``matmul``)."""
         if transpose:
             n = len(self.shape(cached))
             cached = self.permute(cached, tuple(range(n - 2)) + (n - 1, n - 2))
-        return self.matmul(x, cached)
+        return self.matmul(x, cached, integer)
+
+    def bit_count(self, bit):
+        """A bit as an integer without the fixed-point scale: only for the x operand of
+        ``matmul(..., integer=True)`` and for sums and differences of such values."""
+        return self.bit_value(bit)
 
     def cached_rows(self, cached, start: int, count: int, cluster: int = 1):
         """Rows [start, start + count) of a cached tensor (rows on the next-to-last
@@ -290,7 +298,7 @@ class TorchOps(TensorStructure, Ops):
     def square(self, x):
         return x * x
 
-    def matmul(self, x, y):
+    def matmul(self, x, y, integer=False):
         return x @ y
 
     def mul_public(self, x, c):
