@@ -12,7 +12,8 @@ def main(argv=None) -> None:
              "approximations": "benchmarks.approx_errors",
              "crypten-baseline": "benchmarks.crypten_baseline",
              "relu-models": "benchmarks.relu_models",
-             "transformers": "benchmarks.transformers", "decoding": "benchmarks.decoding"}
+             "transformers": "benchmarks.transformers", "decoding": "benchmarks.decoding",
+             "kv-eviction": "benchmarks.kv_eviction"}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in names:
         print("usage: python -m benchmarks {" + ",".join(names) + "} [options]\n\n"
               "  demo        dealer, server and client on loopback (mTLS), digits models under\n"
@@ -25,6 +26,7 @@ def main(argv=None) -> None:
               "  relu-models ReLU digits models: exact, Circa and bit-decomposition ReLU\n"
               "  transformers  MiniLM sentence embeddings: costs, fidelity, semantic search\n"
               "  decoding    tiny-gpt private decoding: per-token cost by context length\n"
+              "  kv-eviction KV-cache eviction policies: plaintext accuracy, mpc cost per step\n"
               "Each takes --help.")
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
     module = __import__(names[argv[0]], fromlist=["main"])

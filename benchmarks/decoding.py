@@ -43,9 +43,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SETTINGS = {"fss": [], "bitdecomp": ["compare.method=bitdecomp", "compare.bits=32"]}
 
 
-def plain_cache(weights, prompt, bucket, kv=None):
+def plain_cache(weights, prompt, bucket, kv=None, static_fill=False):
     """Plaintext K/V (float64) of a right-aligned prompt after its prefill (the policy's
-    importance observed, no static step yet), and the first token."""
+    importance observed) and the first token; with ``static_fill`` also the policy's
+    static step (H2O's compacted rows), to be shared instead of run privately."""
     ops = TorchOps(weights, exact=True)
     toks, pos, _ = prompt_rows(prompt, bucket, CFG)
     cache = KVCache(CFG, make_policy(kv), prompt_len=bucket)
@@ -53,6 +54,8 @@ def plain_cache(weights, prompt, bucket, kv=None):
     for start in range(0, bucket, chunk):
         m = min(chunk, bucket - start)
         logits = forward(ops, toks[:, start:start + m], pos[:, start:start + m], cache, cfg=CFG)
+    if static_fill:
+        cache.finish_prefill(ops)
     return cache, int(logits[0, -1].argmax())
 
 
@@ -81,7 +84,15 @@ class CacheFillDecoder(TinyGptDecoder):
                     [(f"l{i}.k", None, value(plain.k[i]), 2), (f"l{i}.v", None, value(plain.v[i]), 2)])
             cache.valid, cache.length = value(plain.valid), plain.length
             cache.importance = {i: value(t) for i, t in plain.importance.items()}
-            cache.finish_prefill(ops)
+            if plain.prefilled:                  # static state shared, not computed here
+                cache.prompt_len, cache.prefilled = plain.prompt_len, True
+                for i, (k, v, valid) in plain.static.items():
+                    key = f"l{i}.{cache.policy.name}.static"
+                    cache.static[i] = tuple(ops.cache_append(
+                        [(f"{key}.k", None, value(k), 2), (f"{key}.v", None, value(v), 2)])) \
+                        + (value(valid),)
+            else:
+                cache.finish_prefill(ops)
         out = [first if not isinstance(ops, PlanOps) and ops.party.index == 0 else None]
         if on_token is not None:
             on_token(0)
@@ -89,11 +100,25 @@ class CacheFillDecoder(TinyGptDecoder):
                             observe=observe, on_token=on_token)
 
 
-def private_steps(weights, prompt, bucket, new_tokens, config, session_id):
-    """mpc decode steps after a cache fill, in-process: (tokens, per-step figures)."""
+def _sum(meter, phase, match) -> dict:
+    """Both directions' payload and the rounds of the scopes ``match`` accepts."""
+    sent = received = 0
+    rounds: set = set()
+    for scope, c in meter.scopes(phase).items():
+        if match(scope):
+            sent, received = sent + c.payload_sent, received + c.payload_received
+            rounds |= c.rounds
+    return {"bytes": sent + received, "sent": sent, "received": received, "rounds": len(rounds)}
+
+
+def private_steps(weights, prompt, bucket, new_tokens, config, session_id, static_fill=False):
+    """mpc decode steps after a cache fill, in-process: (tokens, per-step figures).
+    Everything is read from the meters: online traffic of the decode steps (and of their
+    selection and gathers), the dealer material that serves them (metered per item
+    scope), and the one-time static step at the end of the prefill."""
     from benchmarks.in_process import run_in_process
     spec = dataclasses.replace(TINY_GPT, decoder=CacheFillDecoder(
-        CFG, fill=plain_cache(weights, prompt, bucket, config.kv)))
+        CFG, fill=plain_cache(weights, prompt, bucket, config.kv, static_fill)))
     x = TINY_GPT.decoder.encode_prompt(prompt, bucket)
     roles = {}
     t0 = time.perf_counter()
@@ -102,16 +127,23 @@ def private_steps(weights, prompt, bucket, new_tokens, config, session_id):
     wall = time.perf_counter() - t0
     marks = roles["client"].token_marks
     gaps = [b - a for a, b in zip(marks[1:], marks[2:])]
-    c = cm.total("online", "decode").as_dict()
     steps = new_tokens - 1
+    on = _sum(cm, "online", lambda sc: sc.startswith("decode"))
+    select = _sum(cm, "online", lambda sc: sc.startswith("decode") and (
+        ".evict.select" in sc or ".evict.gather" in sc))
+    dealer = [_sum(m, "offline", lambda sc: sc.startswith("dealer.decode")) for m in (cm, sm)]
+    static_on = _sum(cm, "online", lambda sc: sc.startswith("prefill.static"))
+    static_off = [_sum(m, "offline", lambda sc: sc.startswith("dealer.prefill.static"))
+                  for m in (cm, sm)]
     return y[0].tolist(), {
         "seconds": statistics.median(gaps), "seconds_all": gaps,
-        "bytes": (c["bytes_sent"] + c["bytes_received"]) / steps,
-        "bytes_sent_per_party": c["bytes_sent"] / steps,
-        "rounds": c["rounds"] / steps,
-        "offline_bytes": (cm.total("offline").as_dict()["bytes_received"]
-                          + sm.total("offline").as_dict()["bytes_received"]) / steps,
-        "client_storage_bytes": roles["client"].peak_storage_bytes() / steps,
+        "bytes": on["bytes"] / steps, "bytes_sent_per_party": on["sent"] / steps,
+        "rounds": on["rounds"] / steps,
+        "selection_bytes": select["bytes"] / steps, "selection_rounds": select["rounds"] / steps,
+        "offline_bytes": sum(d["received"] for d in dealer) / steps,
+        "client_storage_bytes": dealer[0]["received"] / steps,
+        "static_online_bytes": static_on["bytes"], "static_rounds": static_on["rounds"],
+        "static_offline_bytes": sum(d["received"] for d in static_off),
         "wall_seconds": wall}
 
 

@@ -168,8 +168,11 @@ class MPCache(Policy):
 
     def active(self, prompt_len):
         c, co, n_f = self._layout(prompt_len)
-        picks = self.cfg.budget // c - 2
-        return n_f > picks and (co == 1 or n_f // co > self.cfg.coarse_keep)
+        return n_f > self.cfg.budget // c - 2
+
+    def _flat(self, n_f) -> bool:
+        """One level when there is no coarse grouping or too few coarse clusters."""
+        return self.cfg.coarse == 1 or n_f // self.cfg.coarse <= self.cfg.coarse_keep
 
     def observe_prefill(self, ops, layer, probs, cache, query_start):
         if not self.cfg.static_budget:
@@ -244,7 +247,8 @@ class MPCache(Policy):
         else:
             qp = qn = ops.mul_public(q, 0.5)        # q . s = (q/2) . s + (q/2) . s
         out = []
-        for a, b in ((hi, lo), (chi, clo)):
+        pairs = [(hi, lo)] if self._flat(ops.shape(hi)[2]) else [(hi, lo), (chi, clo)]
+        for a, b in pairs:
             s = ops.add(ops.matmul_cached(qp, a, transpose=True),
                         ops.matmul_cached(qn, b, transpose=True))           # (B, H, 1, n)
             sh = ops.shape(s)
@@ -253,12 +257,12 @@ class MPCache(Policy):
 
     def select(self, ops, scores, cache):
         """(B, H, picks, n_f) one-hot over fine clusters."""
-        fine, coarse = scores
+        fine, coarse = scores[0], scores[-1]
         picks = self.cfg.budget // self.cfg.cluster - 2
         co = self.cfg.coarse
-        if co == 1:
-            return top_k_onehot(ops, fine, picks)
         b, h, n_f = ops.shape(fine)
+        if self._flat(n_f):
+            return top_k_onehot(ops, fine, picks)
         k1 = self.cfg.coarse_keep
         s1 = top_k_onehot(ops, coarse, k1)                                      # (B, H, k1, n_c)
         kids = ops.matmul(s1, ops.reshape(fine, (b, h, n_f // co, co)), integer=True)

@@ -1,0 +1,248 @@
+"""KV-cache eviction for private decoding: quality in plaintext, cost per step under mpc.
+
+    python -m benchmarks kv-eviction [--contexts 256,512,1024] [--samples 1000]
+                                     [--skip-quality] [--skip-mpc] [--new-tokens 8]
+
+1. Quality (``benchmarks.kv_quality``): retrieval accuracy of every policy and budget on
+   ``--samples`` prompts per context, the query decoded step by step under the policy.
+2. Cost under mpc (``benchmarks.decoding.private_steps``: in-process parties, the prefill
+   replaced by the declared cache-fill shortcut, every decode step and the policies' static
+   steps private; H2O's token-level static selection is shared from plaintext above 256
+   tokens, since it takes n^2/2 comparisons): per decode step the online seconds, bytes
+   (both directions), rounds, the selection's own bytes and rounds, the dealer material and
+   the client's stored material; the one-time static step separately. The prompt is the
+   context minus 32 rows (the quality runs decode those 32 rows), so a step's cache
+   holds about the context.
+Records: ``benchmarks/results/kv_eviction.jsonl``; table ``kv_eviction.md``; plot
+``kv_eviction.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.decoding import plain_step_seconds, private_steps, retrieval_prompt
+from benchmarks.kv_quality import TAIL, accuracy
+from benchmarks.records import append_records, base_record, human_bytes, read_records
+from models.decoding import plain_decode
+from models.kv_eviction import make_policy
+from models.tiny_gpt import TINY_GPT
+from models.train_tiny_gpt import CFG
+from protocols.config import Config
+
+RESULTS = Path(__file__).resolve().parent / "results"
+QUALITY = [("full", []), ("streamingllm", ["kv.budget=64"]), ("streamingllm", ["kv.budget=128"]),
+           ("h2o", ["kv.budget=64"]), ("h2o", ["kv.budget=128"]),
+           ("mpcache", []), ("mpcache", ["kv.budget=96"]), ("mpcache", ["kv.budget=128"]),
+           ("mpcache", ["kv.coarse=1"]), ("mpcache", ["kv.score=alpha"]),
+           ("mpcache", ["kv.share=2"]), ("mpcache", ["kv.static_budget=256"])]
+COSTS = [("full", []), ("streamingllm", ["kv.budget=64"]), ("h2o", ["kv.budget=64"]),
+         ("mpcache", [])]
+
+
+def kv_config(method, extra) -> Config:
+    return Config().with_overrides([f"kv.method={method}"] + extra)
+
+
+def describe(cfg: Config) -> dict:
+    kv = cfg.kv
+    out = {"method": kv.method}
+    if kv.method != "full":
+        out["budget"] = kv.budget
+    if kv.method == "streamingllm":
+        out["sinks"] = kv.sinks
+    if kv.method == "h2o":
+        out["window"] = kv.window
+    if kv.method == "mpcache":
+        out.update(cluster=kv.cluster, coarse=kv.coarse, coarse_keep=kv.coarse_keep,
+                   score=kv.score, alpha=kv.alpha, static_budget=kv.static_budget,
+                   share=kv.share)
+    return out
+
+
+def quality_records(weights, contexts, samples) -> list[dict]:
+    recs = []
+    for ctx in contexts:
+        for method, extra in QUALITY:
+            cfg = kv_config(method, extra)
+            t0 = time.perf_counter()
+            acc = accuracy(weights, ctx, samples, cfg.kv)
+            print(f"[kv-eviction] quality ctx {ctx} {method} {extra}: {acc:.3f} "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            recs.append(base_record(
+                "kv_eviction", model="tiny-gpt", protocol="plaintext", method=method,
+                params={"context": ctx, "prompt": ctx - TAIL, "decoded": TAIL,
+                        "samples": samples, **describe(cfg)},
+                fidelity={"accuracy": acc}, threads=torch.get_num_threads(), net="none",
+                dealer="none"))
+    return recs
+
+
+def cost_records(weights, contexts, new_tokens) -> list[dict]:
+    recs = []
+    for ctx in contexts:
+        bucket = ctx - TAIL
+        prompt, answer = retrieval_prompt(bucket, seed=ctx)
+        plain_s = plain_step_seconds(weights, prompt, bucket)
+        for method, extra in COSTS:
+            cfg = kv_config(method, extra)
+            fill = method == "h2o" and bucket > 256
+            t0 = time.perf_counter()
+            tokens, fig = private_steps(weights, prompt, bucket, new_tokens, cfg,
+                                        f"kv{ctx}{method}", static_fill=fill)
+            want, margins = plain_decode(weights, prompt, new_tokens, bucket, cfg=CFG,
+                                         policy=make_policy(cfg.kv))
+            agree = sum(a == b for a, b in zip(tokens, want))
+            print(f"[kv-eviction] mpc ctx {ctx} {method}: {fig['seconds']:.3f} s/step, "
+                  f"{human_bytes(fig['bytes'])}, {fig['rounds']:.0f} rounds; selection "
+                  f"{human_bytes(fig['selection_bytes'])}; tokens {agree}/{len(want)} equal "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            recs.append(base_record(
+                "kv_eviction", model="tiny-gpt", protocol="mpc", method=method,
+                params={"context": ctx, "prompt": bucket, "new_tokens": new_tokens,
+                        "prefill": "cache-fill (benchmark shortcut)",
+                        "static": "shared from plaintext" if fill else "private",
+                        **describe(cfg)},
+                online={"seconds": fig["seconds"], "spread": [min(fig["seconds_all"]),
+                                                             max(fig["seconds_all"])],
+                        "bytes_both_directions": fig["bytes"],
+                        "bytes_sent": fig["bytes_sent_per_party"], "rounds": fig["rounds"],
+                        "selection_bytes": fig["selection_bytes"],
+                        "selection_rounds": fig["selection_rounds"]},
+                offline={"bytes_received": fig["offline_bytes"]},
+                static={"online_bytes": fig["static_online_bytes"],
+                        "rounds": fig["static_rounds"],
+                        "offline_bytes": fig["static_offline_bytes"]},
+                client_storage_bytes=fig["client_storage_bytes"],
+                total_bytes=fig["bytes"] + fig["offline_bytes"],
+                plaintext_seconds=plain_s, per="decode step",
+                fidelity={"top1_agree": agree / len(want), "tokens": tokens,
+                          "plaintext_tokens": want, "min_margin": min(margins)},
+                threads=torch.get_num_threads(), net="in-process", dealer="in-process-test"))
+    return recs
+
+
+def _label(r) -> str:
+    p = r["params"]
+    if r["method"] == "full":
+        return "full"
+    extra = []
+    if r["method"] == "mpcache":
+        d = Config().kv
+        for k in ("coarse", "score", "share", "static_budget"):
+            if p.get(k) != getattr(d, k):
+                extra.append(f"{k}={p.get(k)}")
+    return f"{r['method']} {p['budget']}" + (f" ({', '.join(extra)})" if extra else "")
+
+
+def write_markdown(records, path: Path) -> str:
+    qual = [r for r in records if r["protocol"] == "plaintext"]
+    cost = [r for r in records if r["protocol"] == "mpc"]
+    ctxs = sorted({r["params"]["context"] for r in qual})
+    m = records[0]["machine"]
+    lines = ["# KV-cache eviction for private decoding (tiny-gpt)", "",
+             f"Machine: {m.get('cpu')} ({m.get('cores')} cores), git {records[0]['git']}; "
+             "`python -m benchmarks kv-eviction`. Budgets count the prompt rows a decode "
+             "step attends to (generated rows are always kept). Selections stay secret; "
+             "nothing is opened but the generated tokens.", "",
+             "## Retrieval accuracy in plaintext", "",
+             f"{qual[0]['params']['samples'] if qual else 0} prompts per context; the last "
+             f"{TAIL} rows (tail of the filler, then the query) decoded step by step under "
+             "the policy.", "",
+             "| policy | " + " | ".join(str(c) for c in ctxs) + " |",
+             "|---|" + "---|" * len(ctxs)]
+    seen = {}
+    for r in qual:
+        seen.setdefault(_label(r), {})[r["params"]["context"]] = r["fidelity"]["accuracy"]
+    for label, accs in seen.items():
+        lines.append(f"| {label} | " + " | ".join(
+            f"{100 * accs[c]:.1f}%" if c in accs else "-" for c in ctxs) + " |")
+    if cost:
+        lines += ["", "## Cost per decode step under mpc", "",
+                  "In-process parties, one thread each, fss comparisons; prefill by the "
+                  "benchmark's cache fill, every decode step private. Bytes: both "
+                  "directions. Offline: dealer material serving the step (both parties); "
+                  "client storage: the client's share of it. Static: the one-time step at "
+                  "the end of the prefill. x full: the full cache's figure over this one.", "",
+                  "| context | policy | s / step | bytes / step | x full | rounds | selection "
+                  "bytes / rounds | offline / step | client storage / step | total / step | "
+                  "x full | static (once) | tokens = plaintext policy |",
+                  "|" + "---|" * 13]
+        full = {r["params"]["context"]: r for r in cost if r["method"] == "full"}
+        for r in sorted(cost, key=lambda r: (r["params"]["context"], r["method"] != "full")):
+            o, f = r["online"], full.get(r["params"]["context"])
+            xb = f["online"]["bytes_both_directions"] / o["bytes_both_directions"] if f else 0
+            xt = f["total_bytes"] / r["total_bytes"] if f else 0
+            st = r["static"]
+            static = "-" if not st["online_bytes"] and not st["offline_bytes"] else \
+                f"{human_bytes(st['online_bytes'])} + {human_bytes(st['offline_bytes'])} off"
+            if r["params"].get("static") == "shared from plaintext":
+                static = "(shared from plaintext)"
+            lines.append(
+                f"| {r['params']['context']} | {_label(r)} | {o['seconds']:.3f} | "
+                f"{human_bytes(o['bytes_both_directions'])} | {xb:.2f} | {o['rounds']:.0f} | "
+                f"{human_bytes(o['selection_bytes'])} / {o['selection_rounds']:.0f} | "
+                f"{human_bytes(r['offline']['bytes_received'])} | "
+                f"{human_bytes(r['client_storage_bytes'])} | {human_bytes(r['total_bytes'])} | "
+                f"{xt:.2f} | {static} | {100 * r['fidelity']['top1_agree']:.0f}% |")
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    return text
+
+
+def plot(records, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    cost = [r for r in records if r["protocol"] == "mpc"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for label in sorted({_label(r) for r in cost}):
+        rs = sorted((r for r in cost if _label(r) == label), key=lambda r: r["params"]["context"])
+        x = [r["params"]["context"] for r in rs]
+        axes[0].plot(x, [r["online"]["bytes_both_directions"] / 2**20 for r in rs], "o-", label=label)
+        axes[1].plot(x, [r["online"]["seconds"] for r in rs], "o-", label=label)
+        axes[2].plot(x, [r["total_bytes"] / 2**20 for r in rs], "o-", label=label)
+    for ax, title in zip(axes, ("online MiB per step", "online s per step",
+                                "online + offline MiB per step")):
+        ax.set_xlabel("context (tokens)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def rewrite(out: Path) -> str:
+    latest: dict = {}
+    for r in read_records(out / "kv_eviction.jsonl"):
+        latest[(r["protocol"], r["params"]["context"], _label(r))] = r
+    recs = list(latest.values())
+    plot(recs, out / "kv_eviction.png")
+    return write_markdown(recs, out / "kv_eviction.md")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks kv-eviction", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--contexts", default="256,512,1024")
+    ap.add_argument("--samples", type=int, default=1000)
+    ap.add_argument("--new-tokens", type=int, default=8)
+    ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--skip-mpc", action="store_true")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    weights = TINY_GPT.load_weights()
+    contexts = [int(c) for c in args.contexts.split(",")]
+    recs = []
+    if not args.skip_quality:
+        recs += quality_records(weights, contexts, args.samples)
+        append_records(args.out / "kv_eviction.jsonl", recs)
+    if not args.skip_mpc:
+        costs = cost_records(weights, contexts, args.new_tokens)
+        append_records(args.out / "kv_eviction.jsonl", costs)
+    print(rewrite(args.out))
