@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     record["threads"] = args.threads
     record["net"] = "loopback"
     if spec.decoder is not None:
-        return finish_decoder(args, spec, x, y, label, record)
+        return finish_decoder(args, spec, x, y, label, record, cfg)
     if not args.no_reference:
         try:
             ref, secs = plaintext_forward(spec, spec.load_weights(), x)
@@ -194,9 +194,11 @@ def report(args, record) -> int:
     return 0
 
 
-def finish_decoder(args, spec, x, y, answer, record) -> int:
-    """Print the generated tokens, the plaintext greedy tokens and the per-token costs."""
+def finish_decoder(args, spec, x, y, answer, record, cfg) -> int:
+    """Print the generated tokens, the plaintext greedy tokens (same KV policy) and the
+    per-token costs."""
     from models.decoding import plain_decode
+    from models.kv_eviction import make_policy
     got = [int(t) for t in y[0]]
     n = spec.decoder.prompt_length(x)
     print(f"generated {len(got)} tokens after a prompt of {n} (bucket {x.shape[1]}): {got}"
@@ -205,11 +207,12 @@ def finish_decoder(args, spec, x, y, answer, record) -> int:
         try:
             ids = [int(i) for i in x[0, x.shape[1] - n:, :spec.decoder.cfg.vocab].argmax(-1)]
             want, margins = plain_decode(spec.load_weights(), ids, len(got), x.shape[1],
-                                         cfg=spec.decoder.cfg)
+                                         cfg=spec.decoder.cfg, policy=make_policy(cfg.kv))
             agree = sum(a == b for a, b in zip(got, want))
             record["fidelity"] = {"top1_agree": agree / len(got), "plaintext_tokens": want,
                                   "min_margin": min(margins)}
-            print(f"plaintext greedy tokens: {want}   agreement {agree}/{len(got)}")
+            print(f"plaintext greedy tokens (kv {cfg.kv.method}): {want}   agreement "
+                  f"{agree}/{len(got)}")
         except WeightsError as exc:
             print(f"(no plaintext reference: {exc})", file=sys.stderr)
     dec = record.get("decode", {})
