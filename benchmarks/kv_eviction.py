@@ -161,7 +161,9 @@ def _label(r) -> str:
 
 def write_markdown(records, path: Path) -> str:
     qual = [r for r in records if r["protocol"] == "plaintext"]
-    cost = [r for r in records if r["protocol"] == "mpc"]
+    cost = [r for r in records if r["protocol"] == "mpc" and r["method"] in
+            ("full", "streamingllm", "h2o", "mpcache")]
+    fid = [r for r in records if r["method"] == "mpcache-fidelity"]
     ctxs = sorted({r["params"]["context"] for r in qual})
     m = records[0]["machine"]
     lines = ["# KV-cache eviction for private decoding (tiny-gpt)", "",
@@ -209,6 +211,17 @@ def write_markdown(records, path: Path) -> str:
                 f"{human_bytes(r['offline']['bytes_received'])} | "
                 f"{human_bytes(r['client_storage_bytes'])} | {human_bytes(r['total_bytes'])} | "
                 f"{xt:.2f} | {static} | {100 * r['fidelity']['top1_agree']:.0f}% |")
+    for r in fid:
+        f = r["fidelity"]
+        lines += ["", f"Private selections (mpcache, {r['params']['samples']} prompts at "
+                  f"{r['params']['context']} tokens, {r['params']['new_tokens']} tokens each, "
+                  f"per head and layer): {f['selections_equal']} of {f['selections_clear']} "
+                  f"selections whose plaintext score margin exceeds {2 * f['score_budget']} "
+                  f"equal plaintext's; {f['selection_near_ties']} near-ties, of which "
+                  f"{f.get('near_tie_selections_equal', '?')} equal anyway (largest private "
+                  f"score error measured: {f.get('max_score_error', float('nan')):.3f}). Tokens: "
+                  f"{f['tokens_equal']} of {f['tokens_clear']} clear steps equal; "
+                  f"{f['token_near_ties']} near-ties."]
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     return text
@@ -218,7 +231,7 @@ def plot(records, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    cost = [r for r in records if r["protocol"] == "mpc"]
+    cost = [r for r in records if r["protocol"] == "mpc" and r["method"] != "mpcache-fidelity"]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for label in sorted({_label(r) for r in cost}):
         rs = sorted((r for r in cost if _label(r) == label), key=lambda r: r["params"]["context"])
@@ -239,7 +252,7 @@ def plot(records, path: Path) -> None:
 def rewrite(out: Path) -> str:
     latest: dict = {}
     for r in read_records(out / "kv_eviction.jsonl"):
-        latest[(r["protocol"], r["params"]["context"], _label(r))] = r
+        latest[(r["protocol"], r["method"], r["params"]["context"], _label(r))] = r
     recs = list(latest.values())
     plot(recs, out / "kv_eviction.png")
     return write_markdown(recs, out / "kv_eviction.md")
@@ -254,6 +267,9 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3, help="mpc runs per (context, policy)")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--skip-mpc", action="store_true")
+    ap.add_argument("--mpc-fidelity", type=int, default=0, metavar="N",
+                    help="N private mpcache runs at 512 tokens: selections and tokens against "
+                         "plaintext (default 0: skip)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -266,4 +282,101 @@ def main(argv=None) -> None:
     if not args.skip_mpc:
         costs = cost_records(weights, contexts, args.new_tokens, args.repeats)
         append_records(args.out / "kv_eviction.jsonl", costs)
+    if args.mpc_fidelity:
+        append_records(args.out / "kv_eviction.jsonl",
+                       [mpc_fidelity_record(weights, args.mpc_fidelity)])
     print(rewrite(args.out))
+
+
+SCORE_BUDGET = 0.25   # |error| of a private cluster score (same scale as the logit budget)
+
+
+def _gap(scores: torch.Tensor, kept: torch.Tensor, among: torch.Tensor) -> float:
+    """Weakest kept score minus the best score dropped from ``among``."""
+    rest = among[~torch.isin(among, kept)]
+    return float(scores[kept].min() - scores[rest].max()) if len(rest) else float("inf")
+
+
+def _selection_margin(kept_fine, scores, head, kv) -> float:
+    """The plaintext margin of one head's selection, at every level it took."""
+    fine = scores[0][0, head]
+    if len(scores) == 1:
+        return _gap(fine, kept_fine, torch.arange(len(fine)))
+    coarse = scores[1][0, head]
+    top = coarse.topk(kv.coarse_keep).indices
+    kids = (top.unsqueeze(-1) * kv.coarse + torch.arange(kv.coarse)).flatten()
+    return min(_gap(coarse, top, torch.arange(len(coarse))), _gap(fine, kept_fine, kids))
+
+
+def mpc_fidelity_record(weights, samples: int, ctx: int = 512, new_tokens: int = 4) -> dict:
+    """``samples`` private runs of mpcache (cache fill, in-process): every selection and
+    token against the plaintext policy's. A selection counts where the plaintext margin
+    between the last kept and the first dropped cluster exceeds twice SCORE_BUDGET; a token
+    where the logit margin exceeds twice the logit budget (later steps only while the
+    prefixes agree); the rest are near-ties."""
+    from models.kv_eviction import MPCache
+    from models.tiny_gpt import LOGIT_ERROR_BUDGET
+    from mpc import fixed
+    cfg = kv_config("mpcache", [])
+    bucket = ctx - TAIL
+    seen: dict = {}
+    orig_select = MPCache.select
+
+    def select(self, ops, scores, cache):
+        out = orig_select(self, ops, scores, cache)
+        party = getattr(ops, "party", None)
+        if party is not None:
+            seen.setdefault(party.index, []).append((out, scores[0]))
+        elif ops.name != "plan":
+            seen.setdefault("plain", []).append((out, scores))
+        return out
+
+    MPCache.select = select
+    sel_ok = sel_clear = sel_ties = tok_ok = tok_clear = tok_ties = tie_ok = 0
+    score_err = 0.0
+    try:
+        for i in range(samples):
+            seen.clear()
+            prompt, _ = retrieval_prompt(bucket, seed=10_000 + i)
+            tokens, _ = private_steps(weights, prompt, bucket, new_tokens, cfg, f"fid{i}")
+            want, margins = plain_decode(weights, prompt, new_tokens, bucket, cfg=CFG,
+                                         policy=make_policy(cfg.kv))
+            per_step = len(seen["plain"]) // (new_tokens - 1)
+            for n, ((s0, f0), (s1, f1), (plain, scores)) in enumerate(
+                    zip(seen[0], seen[1], seen["plain"])):
+                step = 1 + n // per_step           # decode step t sees tokens[:t]
+                if tokens[:step] != want[:step]:
+                    break                          # a near-tie token changed the query
+                secret = (s0 + s1).to(torch.float64)
+                score_err = max(score_err, float((fixed.decode(f0 + f1, 16) - scores[0]).abs().max()))
+                for head in range(plain.shape[1]):
+                    margin = _selection_margin(plain[0, head].argmax(-1), scores, head, cfg.kv)
+                    same = torch.equal(secret[0, head], plain[0, head])
+                    if margin > 2 * SCORE_BUDGET:
+                        sel_clear += 1
+                        sel_ok += same
+                    else:
+                        sel_ties += 1
+                        tie_ok += same
+            for t in range(1, new_tokens):
+                if tokens[:t] != want[:t]:
+                    break
+                if margins[t] > 2 * LOGIT_ERROR_BUDGET:
+                    tok_clear += 1
+                    tok_ok += tokens[t] == want[t]
+                else:
+                    tok_ties += 1
+            print(f"[kv-eviction] mpc fidelity {i + 1}/{samples}: selections {sel_ok}/"
+                  f"{sel_clear} (+{sel_ties} near-ties), tokens {tok_ok}/{tok_clear}", flush=True)
+    finally:
+        MPCache.select = orig_select
+    return base_record(
+        "kv_eviction", model="tiny-gpt", protocol="mpc", method="mpcache-fidelity",
+        params={"context": ctx, "prompt": bucket, "samples": samples, "new_tokens": new_tokens,
+                **describe(cfg)},
+        fidelity={"selections_equal": sel_ok, "selections_clear": sel_clear,
+                  "selection_near_ties": sel_ties, "near_tie_selections_equal": tie_ok,
+                  "max_score_error": score_err, "tokens_equal": tok_ok,
+                  "tokens_clear": tok_clear, "token_near_ties": tok_ties,
+                  "score_budget": SCORE_BUDGET, "logit_budget": LOGIT_ERROR_BUDGET},
+        threads=torch.get_num_threads(), net="in-process", dealer="in-process-test")
