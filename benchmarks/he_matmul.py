@@ -1,0 +1,128 @@
+"""One encrypted vector times a plaintext matrix: TenSEAL's ``enc.matmul`` against our
+baby-step giant-step product (``he.matvec``), same parameter set, one thread.
+
+    python -m benchmarks he-matmul [--sizes 768x768] [--repeats 3]
+
+Parameter set n8192-d2 (N = 8192, primes [60, 40, 40, 60], scale 2^40) for both. Seconds
+are medians of ``--repeats`` products; the diagonal encoding (once per weight matrix,
+offline) and the Galois keys (once per session, from the client) are reported apart.
+Records: ``benchmarks/results/he.jsonl`` (``op`` = ``matmul``); table ``he.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import tenseal as ts
+
+from benchmarks.records import append_records, base_record, human_bytes, read_records
+from he.keys import ClientKeys, ServerKeys
+from he.matvec import (EncodedMatrix, decrypt_vector, default_baby, encrypt_vector, matvec,
+                       rotation_steps)
+from he.params import get_param_set
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PARAMS = "n8192-d2"
+
+
+def _median_seconds(fn, repeats):
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times, out
+
+
+def tenseal_record(w, x, repeats) -> dict:
+    ps = get_param_set(PARAMS)
+    ctx = ts.context(ts.SCHEME_TYPE.CKKS, ps.poly_modulus_degree,
+                     coeff_mod_bit_sizes=list(ps.coeff_mod_bit_sizes), n_threads=1)
+    ctx.global_scale = ps.scale
+    ctx.generate_galois_keys()
+    enc = ts.ckks_vector(ctx, x.tolist())
+    wt = w.T.tolist()                    # TenSEAL computes x @ M
+    secs, times, out = _median_seconds(lambda: enc.matmul(wt), repeats)
+    err = float(np.abs(np.array(out.decrypt()) - w @ x).max())
+    return _record("tenseal-matmul", w.shape, secs, times, err, {
+        "galois_key_bytes": len(ctx.serialize(save_public_key=False, save_secret_key=False,
+                                              save_galois_keys=True, save_relin_keys=False))})
+
+
+def bsgs_record(w, x, repeats) -> dict:
+    ps = get_param_set(PARAMS)
+    m, n = w.shape
+    d = max(m, n)
+    b = default_baby(d)
+    t0 = time.perf_counter()
+    ck = ClientKeys.generate(ps, rotation_steps(d, b))
+    keygen = time.perf_counter() - t0
+    bundle = ck.public_bundle()
+    sk = ServerKeys.from_bundle(bundle, (PARAMS,))
+    t0 = time.perf_counter()
+    mat = EncodedMatrix.encode(w, ps, sk.context, b)
+    encode = time.perf_counter() - t0
+    ct = encrypt_vector(ck, x, d, b)
+    secs, times, out = _median_seconds(lambda: matvec(sk, ct, mat), repeats)
+    err = float(np.abs(decrypt_vector(ck, out, m) - w @ x).max())
+    return _record("bsgs", w.shape, secs, times, err, {
+        "baby_steps": b, "rotations": (b - 1) + (-(-d // b) - 1), "encode_seconds": encode,
+        "keygen_seconds": keygen, "galois_key_bytes": len(bundle["galois_keys"])})
+
+
+def _record(method, shape, secs, times, err, extra) -> dict:
+    return base_record("he", op="matmul", method=method, protocol="he", threads=1,
+                       params={"shape": list(shape), "param_set": PARAMS, **extra},
+                       online={"seconds": secs, "spread": [min(times), max(times)]},
+                       fidelity={"max_abs_error": err}, net="none", dealer="none")
+
+
+def write_markdown(records, path: Path) -> str:
+    m = records[0]["machine"]
+    lines = ["# HE building blocks", "",
+             f"Machine: {m.get('cpu')} ({m.get('cores')} cores), git {records[0]['git']}; "
+             "`python -m benchmarks he-matmul`. One thread; parameter set n8192-d2 (N = 8192, "
+             "[60, 40, 40, 60], scale 2^40) for both methods.", "",
+             "## One encrypted vector times a plaintext matrix", "",
+             "| shape | method | seconds | x TenSEAL | max abs error | encode (once per matrix) "
+             "| Galois keys (once per session) |", "|---|---|---|---|---|---|---|"]
+    base = {tuple(r["params"]["shape"]): r["online"]["seconds"] for r in records
+            if r["method"] == "tenseal-matmul"}
+    for r in sorted(records, key=lambda r: (r["params"]["shape"], r["method"])):
+        p, s = r["params"], r["online"]["seconds"]
+        ref = base.get(tuple(p["shape"]))
+        lines.append(f"| {p['shape'][0]}x{p['shape'][1]} | {r['method']} | {s:.3f} | "
+                     f"{ref / s if ref else 0:.1f} | {r['fidelity']['max_abs_error']:.1e} | "
+                     f"{p.get('encode_seconds', 0):.2f} s | {human_bytes(p['galois_key_bytes'])} |")
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    return text
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks he-matmul", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="768x768")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    recs = []
+    for size in args.sizes.split(","):
+        m, n = (int(v) for v in size.split("x"))
+        rng = np.random.default_rng(0)
+        w, x = rng.normal(0, 0.05, (m, n)), rng.normal(0, 1, n)
+        for fn in (bsgs_record, tenseal_record):
+            rec = fn(w, x, args.repeats)
+            print(f"[he-matmul] {m}x{n} {rec['method']}: {rec['online']['seconds']:.3f} s, "
+                  f"error {rec['fidelity']['max_abs_error']:.1e}", flush=True)
+            recs.append(rec)
+    append_records(args.out / "he.jsonl", recs)
+    latest = {}
+    for r in read_records(args.out / "he.jsonl", "he"):
+        if r.get("op") == "matmul":
+            latest[(tuple(r["params"]["shape"]), r["method"])] = r
+    print(write_markdown(list(latest.values()), args.out / "he.md"))
