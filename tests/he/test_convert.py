@@ -94,3 +94,33 @@ def test_two_weight_matrices_with_equal_outputs_cannot_be_told_apart(keys):
     # both are differences of independent uniform masks of width 2^35: same scale
     assert 0.5 < np.median(across) / np.median(within) < 2.0
     assert np.median(np.abs(protected(c1).imag)) > 2 ** 30
+
+
+def test_imaginary_part_regression_recovers_nothing_after_masking(keys):
+    """The attack of REFERENCES.md from the client's position: send inputs with random
+    imaginary parts; the imaginary half of W (x_re + i x_im) is W x_im, so a least-squares
+    fit over a few queries recovers W from an unprotected return. After the conversion's
+    mask the same fit recovers nothing (correlation with W near 0)."""
+    ck, sk = keys
+    rng = np.random.default_rng(5)
+    w = rng.normal(0, 0.3, (D, D))
+    mat = EncodedMatrix.encode(w, PS, sk.context, B)
+    encoder = sa.CKKSEncoder(ck.context)
+    queries, open_imag, masked_imag = 3 * D, [], []
+    xs = rng.normal(0, 1, (queries, D))
+    for x_im in xs:
+        slots = np.zeros(PS.slots, dtype=complex)
+        slots[:2 * D + B] = 1j * np.resize(x_im, 2 * D + B)      # crafted: imaginary input
+        pt, ct = sa.Plaintext(), sa.Ciphertext()
+        encoder.encode(slots.tolist(), PS.scale, pt)
+        sa.Encryptor(ck.context, ck.public_key).encrypt(pt, ct)
+        y = matvec(sk, ct, mat)
+        open_imag.append(_slots(keys, y)[:D].imag)
+        masked_imag.append(_slots(keys, convert.ckks_to_shares_server(sk, y, D, F)[0])[:D].imag)
+
+    def recovered(imag):
+        w_hat, *_ = np.linalg.lstsq(xs, np.array(imag), rcond=None)   # imag = xs @ W^T
+        return np.corrcoef(w_hat.T.flatten(), w.flatten())[0, 1]
+
+    assert recovered(open_imag) > 0.99          # the attack works on a bare return
+    assert abs(recovered(masked_imag)) < 0.3    # chance level (sd ~0.06 over 256 weights)
