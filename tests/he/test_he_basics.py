@@ -78,3 +78,15 @@ def test_tenseal_contexts_from_a_peer_must_be_public():
         check_tenseal_context(ctx.serialize(save_secret_key=True))
     with pytest.raises(HeContextError, match="malformed"):
         check_tenseal_context(b"not a context")
+
+
+def test_packed_tokens_share_one_product(keys):
+    ck, sk = keys
+    rng = np.random.default_rng(9)
+    w, xs = rng.normal(0, 0.5, (24, 24)), rng.normal(0, 1, (5, 24))
+    mat = EncodedMatrix.encode(w, PS, sk.context, b=4, tokens=5)
+    y = decrypt_vector(ck, matvec(sk, encrypt_vector(ck, xs, mat.d, mat.b), mat), 24,
+                       mat.d, mat.b, tokens=5)
+    assert y.shape == (5, 24) and np.abs(y - xs @ w.T).max() < 1e-5
+    with pytest.raises(ValueError, match="do not fit"):
+        EncodedMatrix.encode(w, PS, sk.context, b=4, tokens=1000)
