@@ -13,7 +13,8 @@ def main(argv=None) -> None:
              "crypten-baseline": "benchmarks.crypten_baseline",
              "relu-models": "benchmarks.relu_models",
              "transformers": "benchmarks.transformers", "decoding": "benchmarks.decoding",
-             "kv-eviction": "benchmarks.kv_eviction", "he-matmul": "benchmarks.he_matmul"}
+             "kv-eviction": "benchmarks.kv_eviction", "he-matmul": "benchmarks.he_matmul",
+             "he-models": "benchmarks.he_models"}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in names:
         print("usage: python -m benchmarks {" + ",".join(names) + "} [options]\n\n"
               "  demo        dealer, server and client on loopback (mTLS), digits models under\n"
@@ -28,6 +29,7 @@ def main(argv=None) -> None:
               "  decoding    tiny-gpt private decoding: per-token cost by context length\n"
               "  kv-eviction KV-cache eviction policies: plaintext accuracy, mpc cost per step\n"
               "  he-matmul   CKKS vector x plaintext matrix: TenSEAL's matmul against our BSGS\n"
+              "  he-models   digits models under mpc and he, real processes\n"
               "Each takes --help.")
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
     module = __import__(names[argv[0]], fromlist=["main"])

@@ -49,14 +49,15 @@ def mask_ring(n: int, frac_bits: int) -> np.ndarray:
     return _uniform(n, frac_bits + MASK_BITS)
 
 
-def ckks_to_shares_server(server, ct, n: int, frac_bits: int):
-    """Mask, re-randomise; returns (ciphertext for the client, the server's share -r)."""
+def ckks_to_shares_server(server, ct, n, frac_bits: int):
+    """Mask, re-randomise; returns (ciphertext for the client, the server's share -r of
+    the slots ``n``: a count (the first n slots) or an array of slot positions)."""
     slots = server.params.slots
-    r = mask_ring(n, frac_bits)
+    pos = np.arange(n) if np.isscalar(n) else np.asarray(n)
+    everything = _uniform(slots, frac_bits + MASK_BITS)
+    r = everything[pos]
     imag = _uniform(slots, frac_bits + MASK_BITS).astype(np.float64) / 2 ** frac_bits
-    real = np.zeros(slots)
-    real[:n] = r.astype(np.float64) / 2 ** frac_bits
-    real[n:] = _uniform(slots - n, frac_bits + MASK_BITS).astype(np.float64) / 2 ** frac_bits
+    real = everything.astype(np.float64) / 2 ** frac_bits
     pt = sa.Plaintext()
     sa.CKKSEncoder(server.context).encode((real + 1j * imag).tolist(), ct.parms_id(),
                                           ct.scale, pt)
@@ -70,10 +71,11 @@ def ckks_to_shares_server(server, ct, n: int, frac_bits: int):
     return out, torch.from_numpy(-r)
 
 
-def ckks_to_shares_client(keys, ct, n: int, frac_bits: int) -> torch.Tensor:
+def ckks_to_shares_client(keys, ct, n, frac_bits: int) -> torch.Tensor:
     pt = sa.Plaintext()
     sa.Decryptor(keys.context, keys.secret_key).decrypt(ct, pt)
-    z = np.asarray(sa.CKKSEncoder(keys.context).decode_double(pt))[:n]
+    pos = np.arange(n) if np.isscalar(n) else np.asarray(n)
+    z = np.asarray(sa.CKKSEncoder(keys.context).decode_double(pt))[pos]
     return torch.from_numpy(np.round(z * 2 ** frac_bits).astype(np.int64))
 
 

@@ -81,12 +81,14 @@ class _MpcRole:
 
     def _setup(self, ctx: RoleContext):
         self.f = ctx.config.fixed.frac_bits
-        self.needs = plan(ctx.spec, ctx.input_shape, ctx.config, ctx.inferences,
-                          ctx.new_tokens)
+        self.needs = self._plan(ctx)
         self.runs = 0
         self.token_marks: list[float] = []    # decoders: start, then one time per token
         self.store: MaterialStore | None = None
         self.party: Party | None = None
+
+    def _plan(self, ctx: RoleContext) -> Needs:
+        return plan(ctx.spec, ctx.input_shape, ctx.config, ctx.inferences, ctx.new_tokens)
 
     def _fetch(self):
         ctx = self.ctx

@@ -207,3 +207,18 @@ def test_decoder_cli_generates_privately_over_grpc(tmp_path):
     dec = rec["decode"]["decode"]
     assert dec["rounds"] > 0 and dec["bytes"] > 0 and dec["seconds"] > 0
     assert rec["decode"]["prefill"]["bytes"] > 10 * dec["bytes"]
+
+
+def test_he_protocol_over_grpc(tmp_path):
+    """``he`` between real processes: keys offline, CKKS linear layers, 2PC squares."""
+    with Deployment(MODEL, ["he"], certs=tmp_path / "certs", workdir=tmp_path) as d:
+        cmd = [sys.executable, "-m", "client", "--model", MODEL, "--protocol", "he",
+               "--server", d.server_address, "--dealer", d.dealer_address, "--index", "17",
+               "--certs", str(d.certs), "--store", str(tmp_path / "s"), "--json",
+               str(tmp_path / "rec.json")]
+        res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    rec = json.loads((tmp_path / "rec.json").read_text())
+    assert rec["fidelity"]["top1_agree"] is True
+    assert rec["fidelity"]["max_abs_error"] < ERROR_BUDGET[MODEL]
+    assert rec["online"]["rounds"] == 7 and rec["offline"]["bytes_sent"] > 1_000_000

@@ -1,0 +1,213 @@
+"""``he``: CKKS for linear layers with the server's weights, 2PC for everything else.
+
+Offline: the client makes CKKS keys (``he.keys``) and sends the public bundle (public key,
+Galois keys for exactly the rotation steps the model's layers need); the server validates
+it and encodes each weight matrix's diagonals. Both parties fetch dealer material for the
+rest of the model (products, truncations, comparisons: ``mpc``); linear layers need none.
+Online: the client's input becomes shares (x, 0); each linear layer runs ``he.layer``
+(server share -> masked -> Enc -> W x -> masked shares); squares, ReLUs and the like run
+on shares exactly as under ``mpc``; the server sends its output share to the client.
+Communication per linear layer: one ring vector and two ciphertexts, in 3 messages.
+Supported so far: models whose server-weight layers are ``linear`` or ``conv2d`` (a conv
+runs as its dense Toeplitz matrix; the digits models); elementwise weights (LayerNorm)
+and decoders raise a clear error at plan time.
+Leaks: to the server, nothing beyond the public shapes; to the client, the output, and for
+every linear layer its input and output each masked by a bounded uniform mask (statistical
+parameter SIGMA = 28 bits per element, ``he.convert``; |values| must stay <= 2^6).
+Trust: semi-honest parties; CKKS at 128-bit security (``he.params``); a dealer that does
+not collude with either party for the non-linear material.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from he.keys import ClientKeys, ServerKeys
+from he.layer import client_linear, geometry, server_linear
+from he.matvec import EncodedMatrix, rotation_steps
+from he.params import get_param_set
+from mpc import fixed
+from mpc.ops import MpcOps, PlanOps
+from mpc.protocol import CLIENT, reveal_to
+from protocols.families.base import Family, check_input
+from protocols.families.secret_sharing import MpcClient, MpcServer
+from protocols.needs import Needs
+
+PARAM_SET = "n8192-d2"
+
+
+class HePlanOps(PlanOps):
+    """Plans the 2PC material; layers with server weights need none under ``he``. Records
+    each such layer's matrix shape (a conv2d as its dense Toeplitz matrix), its row count
+    and, for a conv2d, its geometry."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.he_layers: dict[str, dict] = {}
+
+    def _shape(self, layer):
+        key = f"{layer}.weight"
+        if key not in self.param_shapes:
+            raise KeyError(f"no weights for layer {layer!r}")
+        return tuple(self.param_shapes[key])
+
+    def linear(self, x, layer):
+        w = self._shape(layer)
+        rows = 1
+        for s in x.shape[:-1]:
+            rows *= s
+        self.he_layers[layer] = {"matrix": w, "rows": rows}
+        return self.tensor(tuple(x.shape[:-1]) + (w[0],))
+
+    def conv2d(self, x, layer, *, stride=1, padding=0):
+        w = self._shape(layer)
+        out = F.conv2d(torch.empty(tuple(x.shape), device="meta"),
+                       torch.empty(w, device="meta"), stride=stride, padding=padding).shape
+        n_in = math.prod(x.shape[1:])
+        n_out = math.prod(out[1:])
+        self.he_layers[layer] = {"matrix": (n_out, n_in), "rows": x.shape[0],
+                                 "conv": {"in": tuple(x.shape[1:]), "out": tuple(out[1:]),
+                                          "stride": stride, "padding": padding}}
+        return self.tensor(tuple(out))
+
+    def affine(self, x, layer):
+        raise ValueError(f"he: layer {layer!r} has elementwise server weights; not supported "
+                         "by the he protocol yet (use mpc)")
+
+
+def toeplitz(weight: torch.Tensor, conv: dict) -> torch.Tensor:
+    """A conv2d as the dense matrix (out numel, in numel) acting on flattened inputs."""
+    n_in = math.prod(conv["in"])
+    eye = torch.eye(n_in, dtype=torch.float64).reshape((n_in,) + conv["in"])
+    cols = F.conv2d(eye, weight.to(torch.float64), stride=conv["stride"], padding=conv["padding"])
+    return cols.reshape(n_in, -1).t().contiguous()
+
+
+def he_plan(spec, input_shape, config, inferences):
+    if spec.decoder is not None:
+        raise ValueError("he: decoders are not supported yet (use mpc)")
+    ops = HePlanOps(spec.params, config.fixed.frac_bits, config.compare)
+    spec.forward(ops, PlanOps.tensor(input_shape))
+    return Needs(tuple(ops.items), (), inferences), ops.he_layers
+
+
+class HeOps(MpcOps):
+    name = "he"
+
+    def __init__(self, party, layer_fn):
+        super().__init__(party, {})
+        self._layer_fn = layer_fn
+
+    def linear(self, x, layer):
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        return self._layer_fn(flat, layer, self._scope).reshape(tuple(shape[:-1]) + (-1,))
+
+    def conv2d(self, x, layer, *, stride=1, padding=0):
+        y = self._layer_fn(x.reshape(x.shape[0], -1), layer, self._scope)
+        return y.reshape((x.shape[0],) + self._out_shape(layer))
+
+    def affine(self, x, layer):
+        raise ValueError(f"he: affine layer {layer!r} is not supported yet")
+
+
+class _HeRole:
+    def _plan(self, ctx):
+        needs, self.he_layers = he_plan(ctx.spec, ctx.input_shape, ctx.config, ctx.inferences)
+        self.params = get_param_set(PARAM_SET)
+        for info in self.he_layers.values():            # refuse what does not fit, early
+            geometry(info["matrix"], info["rows"], self.params.slots)
+        return needs
+
+    def _steps(self):
+        steps = set()
+        for info in self.he_layers.values():
+            d, b, _ = geometry(info["matrix"], info["rows"], self.params.slots)
+            steps |= set(rotation_steps(d, b))
+        return steps
+
+    def _ops(self, layer_fn):
+        ops = HeOps(self.party, layer_fn)
+        ops._out_shape = lambda layer: self.he_layers[layer]["conv"]["out"]
+        return ops
+
+
+class HeClient(_HeRole, MpcClient):
+    def offline(self) -> None:
+        ch = self.ctx.channel
+        ch.begin_epoch()
+        with self.ctx.meter.in_phase("offline"), self.ctx.meter.in_scope("he.keys"):
+            self.keys = ClientKeys.generate(self.params, self._steps())
+            bundle = self.keys.public_bundle()
+            ch.send_json("he.params", {"params": bundle["params"]})
+            for name in ("public_key", "galois_keys"):
+                ch.send(f"he.{name}", torch.frombuffer(bytearray(bundle[name]), dtype=torch.uint8))
+        self._fetch()
+
+    def online(self, x):
+        x = check_input(self.ctx, x)
+        ch = self.ctx.channel
+        ch.begin_epoch()
+        with self.ctx.meter.in_phase("online"):
+            ops = self._ops(lambda v, layer, scope: client_linear(
+                self.party, self.keys, v, self.he_layers[layer]["matrix"], scope))
+            out = self.ctx.spec.forward(ops, fixed.encode(x, self.f))
+            y = reveal_to(self.party, CLIENT, "output", out, "model output")
+        return fixed.decode(y, self.f)
+
+
+class HeServer(_HeRole, MpcServer):
+    def offline(self) -> None:
+        ch = self.ctx.channel
+        ch.begin_epoch()
+        with self.ctx.meter.in_phase("offline"), self.ctx.meter.in_scope("he.keys"):
+            params = ch.recv_json("he.params")
+            bundle = {"params": params.get("params") if isinstance(params, dict) else None}
+            for name in ("public_key", "galois_keys"):
+                data = ch.recv(f"he.{name}")
+                if data.dtype != torch.uint8 or data.dim() != 1:
+                    raise ValueError(f"he: {name} must be serialised bytes")
+                bundle[name] = bytes(data.numpy())
+            self.server_keys = ServerKeys.from_bundle(bundle, (PARAM_SET,))
+            self.mats, self.bias = {}, {}
+            for layer, info in self.he_layers.items():
+                w = self.plain[f"{layer}.weight"]
+                bias = self.plain.get(f"{layer}.bias")
+                if "conv" in info:
+                    w = toeplitz(w, info["conv"])
+                    if bias is not None:
+                        out = info["conv"]["out"]
+                        bias = bias.repeat_interleave(out[1] * out[2])
+                self.mats[layer] = EncodedMatrix.encode(w.numpy(), self.params,
+                                                        self.server_keys.context)
+                if bias is not None:
+                    self.bias[layer] = fixed.encode(bias, self.f)
+        self._fetch()
+        used = {f"{layer}.{k}" for layer in self.he_layers for k in ("weight", "bias")}
+        self.additive = {k: fixed.encode(v, self.f) for k, v in self.plain.items() if k not in used}
+
+    def online(self) -> None:
+        ch = self.ctx.channel
+        ch.begin_epoch()
+        with self.ctx.meter.in_phase("online"):
+            ops = self._ops(lambda v, layer, scope: server_linear(
+                self.party, self.server_keys, v, self.mats[layer], self.bias.get(layer), scope))
+            ops.additive = self.additive
+            out = self.ctx.spec.forward(ops, torch.zeros(self.ctx.input_shape, dtype=torch.int64))
+            reveal_to(self.party, CLIENT, "output", out, "model output")
+
+
+class HeFamily(Family):
+    name = "he"
+    uses_dealer = True
+    description = ("CKKS (TenSEAL/SEAL) for linear layers with server weights, 2PC with a "
+                   "dealer for the rest")
+
+    def client(self, ctx):
+        return HeClient(ctx)
+
+    def server(self, ctx, weights):
+        return HeServer(ctx, weights)
