@@ -1,5 +1,5 @@
 """``make demo``: a dealer, a server and clients as separate processes with mutual TLS on
-loopback; the digits MLP and CNN under ``plaintext`` and ``mpc`` on a few test images;
+loopback; the digits MLP and CNN under ``plaintext``, ``mpc`` and ``he`` on a few test images;
 one side-by-side table.
 
     python -m benchmarks demo [--images 5] [--models digits-mlp,digits-cnn]
@@ -39,10 +39,10 @@ def main(argv=None) -> None:
             xs = [as_model_input(spec, X_test[i:i + 1]) for i in range(args.images)]
             print(f"[demo] starting dealer and server for {model} (mTLS, separate processes)",
                   flush=True)
-            with Deployment(model, ["plaintext", "mpc"], certs=work / "certs") as dep:
+            with Deployment(model, ["plaintext", "mpc", "he"], certs=work / "certs") as dep:
                 print(f"[demo]   dealer {dep.dealer_address}, server {dep.server_address}",
                       flush=True)
-                for protocol in ("plaintext", "mpc"):
+                for protocol in ("plaintext", "mpc", "he"):
                     ys, rec = run_session(dep, model, protocol, xs, work)
                     y = torch.cat(ys)
                     ref = torch.cat([plaintext_forward(spec, weights, x, repeats=1)[0] for x in xs])
@@ -76,7 +76,8 @@ def main(argv=None) -> None:
     budgets = {m: ERROR_BUDGET[m] for m in args.models.split(",")}
     print(f"\nOnline figures are medians per inference, client's view (sent + received). "
           f"Error budget on logits: {budgets}. plaintext sends the input in the clear "
-          "(no privacy); mpc: 2PC with a non-colluding dealer process (ReLU by FSS keys).")
+          "(no privacy); mpc: 2PC with a non-colluding dealer process (ReLU by FSS keys); "
+          "he: CKKS for the layers with server weights (keys sent offline), 2PC for the rest.")
 
 
 if __name__ == "__main__":
