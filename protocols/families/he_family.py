@@ -25,7 +25,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from he.keys import ClientKeys, ServerKeys
+from he.keys import ClientKeys, ServerKeys, to_bytes
 from he.layer import client_linear, geometry, server_linear
 from he.matvec import EncodedMatrix, rotation_steps
 from he.params import get_param_set
@@ -136,12 +136,23 @@ class _HeRole:
 
 
 class HeClient(_HeRole, MpcClient):
+    key_bytes = 0
+
+    def storage_bytes(self) -> int:
+        """The store plus the CKKS keys this client holds (secret, public, Galois)."""
+        return super().storage_bytes() + self.key_bytes
+
+    def peak_storage_bytes(self) -> int:
+        return super().peak_storage_bytes() + self.key_bytes
+
     def offline(self) -> None:
         ch = self.ctx.channel
         ch.begin_epoch()
         with self.ctx.meter.in_phase("offline"), self.ctx.meter.in_scope("he.keys"):
             self.keys = ClientKeys.generate(self.params, self._steps())
             bundle = self.keys.public_bundle()
+            self.key_bytes = (len(to_bytes(self.keys.secret_key)) + len(bundle["public_key"])
+                              + len(bundle["galois_keys"]))
             ch.send_json("he.params", {"params": bundle["params"]})
             for name in ("public_key", "galois_keys"):
                 ch.send(f"he.{name}", torch.frombuffer(bytearray(bundle[name]), dtype=torch.uint8))

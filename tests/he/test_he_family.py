@@ -37,3 +37,33 @@ def test_he_refuses_layers_it_does_not_support(tmp_path):
     x = torch.zeros((1, 16, spec.input_shape[1]), dtype=torch.float64)
     with pytest.raises(ValueError, match="elementwise server weights"):
         run_family(get_family("he"), spec, {}, [x], tmp_path)
+
+
+def test_a_malformed_ciphertext_is_refused_by_name():
+    from he.keys import ClientKeys, HeContextError, ServerKeys
+    from he.layer import _recv_ct
+    from he.params import get_param_set
+
+    ps = get_param_set("n8192-d2")
+    ck = ClientKeys.generate(ps, [1])
+    sk = ServerKeys.from_bundle(ck.public_bundle(), (ps.name,))
+
+    class OneFrame:
+        def __init__(self, tensor):
+            self.tensor = tensor
+
+        def recv(self, tag):
+            return self.tensor
+
+    with pytest.raises(HeContextError, match="malformed ciphertext x.he.input"):
+        _recv_ct(OneFrame(torch.zeros(100, dtype=torch.uint8)), "x.he.input", sk.context)
+    with pytest.raises(ValueError, match="serialised ciphertext bytes"):
+        _recv_ct(OneFrame(torch.zeros(3, dtype=torch.int64)), "x.he.input", sk.context)
+
+
+def test_client_storage_counts_the_he_keys(tmp_path):
+    spec = get_model("digits-mlp")
+    _, x_test, _, _ = load_split()
+    xs = [as_model_input(spec, x_test[:1])]
+    _, _, _, (client, _) = run_family(get_family("he"), spec, spec.load_weights(), xs, tmp_path)
+    assert client.peak_storage_bytes() > 1_000_000      # Galois keys dominate
