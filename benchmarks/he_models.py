@@ -45,6 +45,43 @@ def bench(model: str, repeats: int, pool: int, work: Path) -> list[dict]:
     return out
 
 
+def layer_records(model: str) -> list[dict]:
+    """Per top-level scope (layer) of one in-process inference: online bytes (both ways)
+    and rounds, and the dealer material serving it, under mpc and he."""
+    from benchmarks.in_process import run_in_process
+    from benchmarks.records import base_record
+    spec = get_model(model)
+    _, x_test, _, _ = load_split()
+    x = as_model_input(spec, x_test[:1])
+    out = []
+    for protocol in ("mpc", "he"):
+        _, cm, sm = run_in_process(spec, spec.load_weights(), x, protocol=protocol,
+                                   session_id=f"layers-{protocol}")
+        layers: dict = {}
+        for phase, prefix in (("online", ""), ("offline", "dealer.")):
+            for meter in (cm, sm):
+                for scope, c in meter.scopes(phase).items():
+                    if not scope.startswith(prefix) or scope == "dealer":
+                        continue
+                    name = scope[len(prefix):].split(".")[0] or "output"
+                    cell = layers.setdefault(name, {"online_bytes": 0, "rounds": set(),
+                                                    "dealer_bytes": 0})
+                    if phase == "online":
+                        cell["online_bytes"] += c.payload_sent
+                        if meter is cm:
+                            cell["rounds"] |= c.rounds
+                    else:
+                        cell["dealer_bytes"] += c.payload_received
+        for name, cell in layers.items():
+            out.append(base_record("he", model=model, protocol=protocol, method="per-layer",
+                                   params={"layer": name}, online={
+                                       "bytes_both_directions": cell["online_bytes"],
+                                       "rounds": len(cell["rounds"])},
+                                   offline={"dealer_bytes": cell["dealer_bytes"]},
+                                   threads=1, net="in-process", dealer="in-process"))
+    return out
+
+
 def model_markdown(records) -> list[str]:
     lines = ["", "## Models: mpc against he (real processes, mTLS, one thread each)", "",
              "| model | protocol | online s | online sent (client) | rounds | offline s | "
@@ -56,6 +93,17 @@ def model_markdown(records) -> list[str]:
                      f"{human_bytes(on['bytes_sent'])} | {on['rounds']:g} | {off['seconds']:.2f} | "
                      f"{human_bytes(off['bytes_sent'])} | {human_bytes(r['total_bytes'])} | "
                      f"{f['top1_agree']} | {f['max_abs_error']:.1e} |")
+    return lines
+
+
+def layer_markdown(records) -> list[str]:
+    lines = ["", "## Per layer (one inference, in-process parties; bytes both directions)", "",
+             "| model | layer | protocol | online bytes | rounds | dealer material |",
+             "|---|---|---|---|---|---|"]
+    for r in sorted(records, key=lambda r: (r["model"], r["params"]["layer"], r["protocol"])):
+        lines.append(f"| {r['model']} | {r['params']['layer']} | {r['protocol']} | "
+                     f"{human_bytes(r['online']['bytes_both_directions'])} | "
+                     f"{r['online']['rounds']} | {human_bytes(r['offline']['dealer_bytes'])} |")
     return lines
 
 
@@ -72,14 +120,19 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="pinfer-he-") as tmp:
         for model in args.models.split(","):
             recs += bench(model, args.repeats, args.pool, Path(tmp))
+            recs += layer_records(model)
     append_records(args.out / "he.jsonl", recs)
-    matmul, models = {}, {}
+    matmul, models, per_layer = {}, {}, {}
     for r in read_records(args.out / "he.jsonl", "he"):
         if r.get("op") == "matmul":
             matmul[(tuple(r["params"]["shape"]), r["method"])] = r
+        elif r.get("method") == "per-layer":
+            per_layer[(r["model"], r["protocol"], r["params"]["layer"])] = r
         elif r.get("model"):
             models[(r["model"], r["protocol"])] = r
+    per_layer = list(per_layer.values())
     text = matmul_markdown(list(matmul.values()), args.out / "he.md")
     text += "\n".join(model_markdown(list(models.values()))) + "\n"
+    text += "\n".join(layer_markdown(per_layer)) + "\n"
     (args.out / "he.md").write_text(text)
     print(text)

@@ -19,9 +19,11 @@ from protocols.registry import get_family
 
 
 def run_in_process(spec, weights: dict, x: torch.Tensor, config: Config | None = None,
-                   session_id: str = "local", new_tokens: int = 0, roles: dict | None = None):
-    """One mpc inference of ``spec`` on x; returns (output, client meter, server meter).
-    ``roles``, if given, receives the client and server role objects."""
+                   session_id: str = "local", new_tokens: int = 0, roles: dict | None = None,
+                   protocol: str = "mpc"):
+    """One inference of ``spec`` on x under ``protocol`` (a family with a dealer); returns
+    (output, client meter, server meter). ``roles``, if given, receives the client and
+    server role objects."""
     config = config or Config()
     meters, dmeter = (Meter("client"), Meter("server")), Meter("dealer")
     chans, sessions = memory_pair(meters, session_id=session_id), DealerSessions()
@@ -39,7 +41,7 @@ def run_in_process(spec, weights: dict, x: torch.Tensor, config: Config | None =
                             store_root=Path(store), dealer_connect=connect_for(meters[i]),
                             new_tokens=new_tokens)
                 for i in range(2)]
-        family = get_family("mpc")
+        family = get_family(protocol)
         client, server = family.client(ctxs[0]), family.server(ctxs[1], weights)
         if roles is not None:
             roles.update(client=client, server=server)
