@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from models.kv_eviction import make_policy
 from models.tiny_gpt import TINY_GPT, TinyGptDecoder
 from models.train_tiny_gpt import CFG, make_task
 from mpc import fixed
-from mpc.ops import MpcOps, PlanOps
+from mpc.ops import PlanOps
 from protocols.config import Config
 from protocols.ops import TorchOps
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import tenseal as ts
 
-from benchmarks.records import append_records, base_record, human_bytes, read_records
+from benchmarks.records import append_records, base_record, human_bytes
 from he.keys import ClientKeys, ServerKeys
 from he.matvec import (EncodedMatrix, decrypt_vector, default_baby, encrypt_vector, matvec,
                        max_tokens, rotation_steps)
@@ -86,7 +86,8 @@ def _record(method, shape, secs, times, err, extra) -> dict:
                        fidelity={"max_abs_error": err}, net="none", dealer="none")
 
 
-def write_markdown(records, path: Path) -> str:
+def write_markdown(records) -> str:
+    """The matmul table (``benchmarks.he_models.rewrite_markdown`` writes he.md)."""
     m = records[0]["machine"]
     lines = ["# HE building blocks", "",
              f"Machine: {m.get('cpu')} ({m.get('cores')} cores), git {records[0]['git']}; "
@@ -106,9 +107,7 @@ def write_markdown(records, path: Path) -> str:
                      f"{s / t:.3f} | {ref / (s / t) if ref else 0:.1f} | "
                      f"{r['fidelity']['max_abs_error']:.1e} | "
                      f"{p.get('encode_seconds', 0):.2f} s | {human_bytes(p['galois_key_bytes'])} |")
-    text = "\n".join(lines) + "\n"
-    path.write_text(text)
-    return text
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> None:
@@ -129,8 +128,5 @@ def main(argv=None) -> None:
                   f"error {rec['fidelity']['max_abs_error']:.1e}", flush=True)
             recs.append(rec)
     append_records(args.out / "he.jsonl", recs)
-    latest = {}
-    for r in read_records(args.out / "he.jsonl", "he"):
-        if r.get("op") == "matmul":
-            latest[(tuple(r["params"]["shape"]), r["method"])] = r
-    print(write_markdown(list(latest.values()), args.out / "he.md"))
+    from benchmarks.he_models import rewrite_markdown
+    print(rewrite_markdown(args.out))

@@ -122,17 +122,23 @@ def main(argv=None) -> None:
             recs += bench(model, args.repeats, args.pool, Path(tmp))
             recs += layer_records(model)
     append_records(args.out / "he.jsonl", recs)
+    print(rewrite_markdown(args.out))
+
+
+def rewrite_markdown(out: Path) -> str:
+    """he.md from the latest record of each kind in he.jsonl (matmul, models, layers)."""
     matmul, models, per_layer = {}, {}, {}
-    for r in read_records(args.out / "he.jsonl", "he"):
+    for r in read_records(out / "he.jsonl", "he"):
         if r.get("op") == "matmul":
             matmul[(tuple(r["params"]["shape"]), r["method"])] = r
         elif r.get("method") == "per-layer":
             per_layer[(r["model"], r["protocol"], r["params"]["layer"])] = r
         elif r.get("model"):
             models[(r["model"], r["protocol"])] = r
-    per_layer = list(per_layer.values())
-    text = matmul_markdown(list(matmul.values()), args.out / "he.md")
-    text += "\n".join(model_markdown(list(models.values()))) + "\n"
-    text += "\n".join(layer_markdown(per_layer)) + "\n"
-    (args.out / "he.md").write_text(text)
-    print(text)
+    text = matmul_markdown(list(matmul.values()))
+    if models:
+        text += "\n".join(model_markdown(list(models.values()))) + "\n"
+    if per_layer:
+        text += "\n".join(layer_markdown(list(per_layer.values()))) + "\n"
+    (out / "he.md").write_text(text)
+    return text

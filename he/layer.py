@@ -71,18 +71,10 @@ def server_linear(party, server_keys, x_s: torch.Tensor, mat: EncodedMatrix, bia
     masked, r = convert.shares_to_ckks_server_mask(x_s, f)
     ch.send(f"{scope}.he.masked", masked)
     ct = _recv_ct(ch, f"{scope}.he.input", server_keys.context)
-    ct = convert.shares_to_ckks_server_unmask(server_keys, ct, r, f,
-                                              lambda v: _layout(v, d, b, server_keys))
+    ct = convert.shares_to_ckks_server_unmask(
+        server_keys, ct, r, f, lambda v: replicate(v, d, b, server_keys.params.slots))
     out, share = convert.ckks_to_shares_server(server_keys, matvec(server_keys, ct, mat), pos, f)
     _send_ct(ch, f"{scope}.he.output", out)
     share = share.reshape(tokens, mat.m)
     return share if bias is None else share + bias
-
-
-def _layout(v, d, b, server_keys):
-    out = np.zeros(server_keys.params.slots)
-    packed = replicate(np.asarray(v).reshape(-1, np.asarray(v).shape[-1]), d, b,
-                       server_keys.params.slots)
-    out[:len(packed)] = packed
-    return out
 

@@ -97,9 +97,10 @@ def he_plan(spec, input_shape, config, inferences):
 class HeOps(MpcOps):
     name = "he"
 
-    def __init__(self, party, layer_fn):
+    def __init__(self, party, layer_fn, out_shape):
         super().__init__(party, {})
         self._layer_fn = layer_fn
+        self._out_shape = out_shape          # conv layer -> its output shape (C, H, W)
 
     def linear(self, x, layer):
         shape = x.shape
@@ -130,9 +131,7 @@ class _HeRole:
         return steps
 
     def _ops(self, layer_fn):
-        ops = HeOps(self.party, layer_fn)
-        ops._out_shape = lambda layer: self.he_layers[layer]["conv"]["out"]
-        return ops
+        return HeOps(self.party, layer_fn, lambda layer: self.he_layers[layer]["conv"]["out"])
 
 
 class HeClient(_HeRole, MpcClient):

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.bert import BertConfig, bert_params, import_hf_bert, make_forward
+from models.bert import BertConfig, bert_params, make_forward
 from models.minilm import MINILM, Tokenizer, load_weights, package_dir
 from models.spec import ModelSpec
 from protocols.config import Config

@@ -36,10 +36,11 @@ def test_mask_shares_are_per_key_and_per_run():
 
 
 class _Y:
-    """Shape and identity of a whole cached tensor "l0.k" (what a plan sees)."""
+    """Shape and identity of cached tensor "l0.k" as a plan sees it: the whole tensor, or
+    a view of rows from ``start`` in clusters of ``cluster`` rows."""
 
-    def __init__(self, shape):
-        self.shape, self.key, self.dim, self.start, self.cluster = shape, "l0.k", 2, 0, 0
+    def __init__(self, shape, start=0, cluster=0):
+        self.shape, self.key, self.dim, self.start, self.cluster = shape, "l0.k", 2, start, cluster
 
 
 def _needs(steps, inferences=1):
@@ -129,12 +130,8 @@ def test_products_with_row_ranges_and_cluster_views(tmp_path):
     s = ring_random((1, 2, 2, 3), gen)        # e.g. a one-hot over 3 clusters of 2 rows
     qs, ss = split(q, gen), split(s, gen)
 
-    class View:
-        def __init__(self, shape, start, cluster):
-            self.shape, self.key, self.dim, self.start, self.cluster = shape, "l0.k", 2, start, cluster
-
-    needs = Needs((cached.cached_need("s", q.shape, View((1, 2, 3, 3), 4, 1), True)[0],
-                   cached.cached_need("s", s.shape, View((1, 2, 3, 6), 2, 2), False)[0]))
+    needs = Needs((cached.cached_need("s", q.shape, _Y((1, 2, 3, 3), 4, 1), True)[0],
+                   cached.cached_need("s", s.shape, _Y((1, 2, 3, 6), 2, 2), False)[0]))
     pair = ProtocolPair(needs, tmp_path)
 
     def step(party):
