@@ -234,6 +234,7 @@ class PrivateInference:
             "client_storage_bytes": self.peak_storage_bytes(),
             "inferences_per_session": runs,
             "dealer": self.server_dealer,
+            **({"dealer_for": self.family.dealer_for} if self.family.uses_dealer else {}),
             "config_digest": self.config.digest(),
             "version": VERSION,
             "reveals": [r.__dict__ for r in self.meter.reveals],

@@ -35,11 +35,11 @@ def geometry(w_shape, tokens: int, slots: int):
     return d, b, pos
 
 
-def _send_ct(channel, tag, ct):
+def send_ct(channel, tag, ct):
     channel.send(tag, torch.frombuffer(bytearray(to_bytes(ct)), dtype=torch.uint8))
 
 
-def _recv_ct(channel, tag, context):
+def recv_ct(channel, tag, context):
     data = channel.recv(tag)
     if data.dtype != torch.uint8 or data.dim() != 1:
         raise ValueError(f"he: {tag} must be serialised ciphertext bytes")
@@ -57,8 +57,8 @@ def client_linear(party, keys, x_c: torch.Tensor, w_shape, scope: str) -> torch.
                          f"{tuple(x_c.shape)}")
     ct = convert.shares_to_ckks_client(keys, x_c, masked, f,
                                        lambda z: encrypt_vector(keys, z, d, b))
-    _send_ct(ch, f"{scope}.he.input", ct)
-    out = _recv_ct(ch, f"{scope}.he.output", keys.context)
+    send_ct(ch, f"{scope}.he.input", ct)
+    out = recv_ct(ch, f"{scope}.he.output", keys.context)
     return convert.ckks_to_shares_client(keys, out, pos, f).reshape(tokens, w_shape[0])
 
 
@@ -70,11 +70,11 @@ def server_linear(party, server_keys, x_s: torch.Tensor, mat: EncodedMatrix, bia
     d, b, pos = geometry((mat.m, mat.n), tokens, server_keys.params.slots)
     masked, r = convert.shares_to_ckks_server_mask(x_s, f)
     ch.send(f"{scope}.he.masked", masked)
-    ct = _recv_ct(ch, f"{scope}.he.input", server_keys.context)
+    ct = recv_ct(ch, f"{scope}.he.input", server_keys.context)
     ct = convert.shares_to_ckks_server_unmask(
         server_keys, ct, r, f, lambda v: replicate(v, d, b, server_keys.params.slots))
     out, share = convert.ckks_to_shares_server(server_keys, matvec(server_keys, ct, mat), pos, f)
-    _send_ct(ch, f"{scope}.he.output", out)
+    send_ct(ch, f"{scope}.he.output", out)
     share = share.reshape(tokens, mat.m)
     return share if bias is None else share + bias
 

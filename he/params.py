@@ -45,18 +45,24 @@ class ParamSet:
         return float(2 ** self.scale_bits)
 
 
-def check_security(ps: ParamSet) -> ParamSet:
-    """Refuse anything outside the 128-bit table, naming the limit."""
-    n = ps.poly_modulus_degree
+def check_modulus_bits(name: str, n: int, bit_sizes) -> None:
+    """Refuse a ring degree or a total coefficient modulus outside the 128-bit table,
+    naming the limit (CKKS and BFV sets alike)."""
     if n not in SECURITY_128:
-        raise HeParamError(f"parameter set {ps.name!r}: N = {n} is not one of "
+        raise HeParamError(f"parameter set {name!r}: N = {n} is not one of "
                            f"{sorted(SECURITY_128)} (128-bit security table)")
     limit = SECURITY_128[n]
-    if ps.total_bits > limit:
-        raise HeParamError(f"parameter set {ps.name!r} is insecure: {ps.total_bits} coefficient-"
+    total = sum(bit_sizes)
+    if total > limit:
+        raise HeParamError(f"parameter set {name!r} is insecure: {total} coefficient-"
                            f"modulus bits exceed the 128-bit limit of {limit} for N = {n}")
-    if len(ps.coeff_mod_bit_sizes) < 2:
-        raise HeParamError(f"parameter set {ps.name!r} needs at least two primes")
+    if len(bit_sizes) < 2:
+        raise HeParamError(f"parameter set {name!r} needs at least two primes")
+
+
+def check_security(ps: ParamSet) -> ParamSet:
+    """Refuse anything outside the 128-bit table, naming the limit."""
+    check_modulus_bits(ps.name, ps.poly_modulus_degree, ps.coeff_mod_bit_sizes)
     middle = ps.coeff_mod_bit_sizes[1:-1]
     if any(b != ps.scale_bits for b in middle):
         raise HeParamError(f"parameter set {ps.name!r}: middle primes {middle} must equal the "

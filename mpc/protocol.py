@@ -68,8 +68,8 @@ def reveal_to(party: Party, receiver: int, tag: str, share: torch.Tensor, what: 
     return None
 
 
-def truncate(party: Party, x: torch.Tensor, scope: str) -> torch.Tensor:
-    """Divide a shared value by 2^f (probabilistic rounding, error 0 or 1 ulp).
+def truncate(party: Party, x: torch.Tensor, scope: str, bits: int | None = None) -> torch.Tensor:
+    """Divide a shared value by 2^f (or 2^bits; probabilistic rounding, error 0 or 1 ulp).
 
     Protocol (TruncAPr, Escudero et al. CRYPTO 2020 sec. 5.1, as in SPU semi2k), valid for
     x in [-2^62, 2^62):
@@ -79,7 +79,7 @@ def truncate(party: Party, x: torch.Tensor, scope: str) -> torch.Tensor:
     Communication: 1 round; each party sends numel * 8 bytes.
     Leaks: nothing (c is uniform given x).
     """
-    f = party.frac_bits
+    f = party.frac_bits if bits is None else bits
     need = Need.make("trunc", scope, shape=tuple(x.shape), frac_bits=f)
     m = party.take(need)
     masked = x + m["r"]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from protocols.families.base import Family
 from protocols.families.he_family import HeFamily
+from protocols.families.hybrid import HybridFamily
 from protocols.families.plaintext import PlaintextFamily
 from protocols.families.secret_sharing import SecretSharingFamily
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (PlaintextFamily(), SecretSharingFamily(),
-                                                   HeFamily())}
+                                                   HeFamily(), HybridFamily())}
 
 
 def get_family(name: str) -> Family:

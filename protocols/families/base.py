@@ -75,6 +75,7 @@ class Family(abc.ABC):
     name: str
     uses_dealer: bool
     description: str
+    dealer_for: str = ""          # what the dealer's material serves (records)
 
     @abc.abstractmethod
     def client(self, ctx: RoleContext) -> ClientRole: ...

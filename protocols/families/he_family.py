@@ -59,7 +59,7 @@ class HePlanOps(PlanOps):
         rows = 1
         for s in x.shape[:-1]:
             rows *= s
-        self.he_layers[layer] = {"matrix": w, "rows": rows}
+        self.he_layers[layer] = {"matrix": w, "rows": rows, "scope": self._scope}
         return self.tensor(tuple(x.shape[:-1]) + (w[0],))
 
     def conv2d(self, x, layer, *, stride=1, padding=0):
@@ -68,7 +68,7 @@ class HePlanOps(PlanOps):
                        torch.empty(w, device="meta"), stride=stride, padding=padding).shape
         n_in = math.prod(x.shape[1:])
         n_out = math.prod(out[1:])
-        self.he_layers[layer] = {"matrix": (n_out, n_in), "rows": x.shape[0],
+        self.he_layers[layer] = {"matrix": (n_out, n_in), "rows": x.shape[0], "scope": self._scope,
                                  "conv": {"in": tuple(x.shape[1:]), "out": tuple(out[1:]),
                                           "stride": stride, "padding": padding}}
         return self.tensor(tuple(out))
@@ -86,10 +86,10 @@ def toeplitz(weight: torch.Tensor, conv: dict) -> torch.Tensor:
     return cols.reshape(n_in, -1).t().contiguous()
 
 
-def he_plan(spec, input_shape, config, inferences):
+def he_plan(spec, input_shape, config, inferences, ops_class=None, name="he"):
     if spec.decoder is not None:
-        raise ValueError("he: decoders are not supported yet (use mpc)")
-    ops = HePlanOps(spec.params, config.fixed.frac_bits, config.compare)
+        raise ValueError(f"{name}: decoders are not supported yet (use mpc)")
+    ops = (ops_class or HePlanOps)(spec.params, config.fixed.frac_bits, config.compare)
     spec.forward(ops, PlanOps.tensor(input_shape))
     return Needs(tuple(ops.items), (), inferences), ops.he_layers
 
@@ -213,6 +213,8 @@ class HeServer(_HeRole, MpcServer):
 class HeFamily(Family):
     name = "he"
     uses_dealer = True
+    dealer_for = ("non-linear steps and activation x activation products; linear layers "
+                  "with server weights run under CKKS without dealer material")
     description = ("CKKS (TenSEAL/SEAL) for linear layers with server weights, 2PC with a "
                    "dealer for the rest")
 

@@ -206,6 +206,7 @@ class SecretSharingFamily(Family):
     name = "mpc"
     uses_dealer = True
     description = "2PC additive sharing over Z_2^64, Beaver products, dealer-made material"
+    dealer_for = "all material: products (linear layers included), truncations, comparisons"
 
     def client(self, ctx):
         return MpcClient(ctx)

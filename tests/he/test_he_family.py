@@ -41,7 +41,7 @@ def test_he_refuses_layers_it_does_not_support(tmp_path):
 
 def test_a_malformed_ciphertext_is_refused_by_name():
     from he.keys import ClientKeys, HeContextError, ServerKeys
-    from he.layer import _recv_ct
+    from he.layer import recv_ct
     from he.params import get_param_set
 
     ps = get_param_set("n8192-d2")
@@ -56,9 +56,9 @@ def test_a_malformed_ciphertext_is_refused_by_name():
             return self.tensor
 
     with pytest.raises(HeContextError, match="malformed ciphertext x.he.input"):
-        _recv_ct(OneFrame(torch.zeros(100, dtype=torch.uint8)), "x.he.input", sk.context)
+        recv_ct(OneFrame(torch.zeros(100, dtype=torch.uint8)), "x.he.input", sk.context)
     with pytest.raises(ValueError, match="serialised ciphertext bytes"):
-        _recv_ct(OneFrame(torch.zeros(3, dtype=torch.int64)), "x.he.input", sk.context)
+        recv_ct(OneFrame(torch.zeros(3, dtype=torch.int64)), "x.he.input", sk.context)
 
 
 def test_client_storage_counts_the_he_keys(tmp_path):

@@ -209,10 +209,12 @@ def test_decoder_cli_generates_privately_over_grpc(tmp_path):
     assert rec["decode"]["prefill"]["bytes"] > 10 * dec["bytes"]
 
 
-def test_he_protocol_over_grpc(tmp_path):
-    """``he`` between real processes: keys offline, CKKS linear layers, 2PC squares."""
-    with Deployment(MODEL, ["he"], certs=tmp_path / "certs", workdir=tmp_path) as d:
-        cmd = [sys.executable, "-m", "client", "--model", MODEL, "--protocol", "he",
+@pytest.mark.parametrize("protocol,rounds", [("he", 7), ("hybrid", 6)])
+def test_he_protocols_over_grpc(tmp_path, protocol, rounds):
+    """``he`` (CKKS linear layers) and ``hybrid`` (BFV masks offline, one masked vector per
+    linear layer online) between real processes, with 2PC squares."""
+    with Deployment(MODEL, [protocol], certs=tmp_path / "certs", workdir=tmp_path) as d:
+        cmd = [sys.executable, "-m", "client", "--model", MODEL, "--protocol", protocol,
                "--server", d.server_address, "--dealer", d.dealer_address, "--index", "17",
                "--certs", str(d.certs), "--store", str(tmp_path / "s"), "--json",
                str(tmp_path / "rec.json")]
@@ -221,4 +223,5 @@ def test_he_protocol_over_grpc(tmp_path):
     rec = json.loads((tmp_path / "rec.json").read_text())
     assert rec["fidelity"]["top1_agree"] is True
     assert rec["fidelity"]["max_abs_error"] < ERROR_BUDGET[MODEL]
-    assert rec["online"]["rounds"] == 7 and rec["offline"]["bytes_sent"] > 1_000_000
+    assert rec["online"]["rounds"] == rounds and rec["offline"]["bytes_sent"] > 1_000_000
+    assert rec["dealer"] == "separate-process" and "linear layers" in rec["dealer_for"]
