@@ -1,7 +1,7 @@
 """One encrypted vector times a plaintext matrix: TenSEAL's ``enc.matmul`` against our
 baby-step giant-step product (``he.matvec``), same parameter set, one thread.
 
-    python -m benchmarks he-matmul [--sizes 768x768] [--repeats 3]
+    python -m benchmarks he-matmul [--sizes 768x768] [--repeats 3] [--bfv-tokens 32]
 
 Parameter set n8192-d2 (N = 8192, primes [60, 40, 40, 60], scale 2^40) for both. Seconds
 are medians of ``--repeats`` products; the diagonal encoding (once per weight matrix,
@@ -27,6 +27,7 @@ from he.params import get_param_set
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PARAMS = "n8192-d2"
+BFV_PARAMS = "bfv-n8192-t48"
 
 
 def _median_seconds(fn, repeats):
@@ -79,9 +80,45 @@ def bsgs_record(w, x, repeats, packed: bool = False) -> dict:
         "keygen_seconds": keygen, "galois_key_bytes": len(bundle["galois_keys"])})
 
 
-def _record(method, shape, secs, times, err, extra) -> dict:
-    return base_record("he", op="matmul", method=method, protocol="he", threads=1,
-                       params={"shape": list(shape), "param_set": PARAMS, **extra},
+def bfv_record(w, x, repeats, tokens: int = 1) -> dict:
+    """The ``hybrid`` offline product (``he.coeff_matmul``, BFV t = 2^48): exact integers
+    (weights and inputs in fixed point, f = 16); seconds = products plus the masking,
+    re-randomising, flooding and prime drop of every reply (``he.bfv``)."""
+    import torch
+
+    from he import coeff_matmul as cm
+    from he import delphi
+    from he.bfv import BfvClientKeys, BfvServerKeys, get_bfv_params
+    from mpc import fixed, prg
+    ps = get_bfv_params(BFV_PARAMS)
+    m, n = w.shape
+    t0 = time.perf_counter()
+    ck = BfvClientKeys.generate(ps)
+    keygen = time.perf_counter() - t0
+    bundle = ck.public_bundle()
+    sk = BfvServerKeys.from_bundle(bundle, (BFV_PARAMS,))
+    geom = cm.choose_geometry(tokens, n, m, ps.poly_modulus_degree)
+    w_ring = fixed.encode(torch.from_numpy(w), 16)
+    t0 = time.perf_counter()
+    layer = delphi.ServerLayer(sk, geom, w_ring, None, "bench")
+    encode = time.perf_counter() - t0
+    r = delphi.client_mask(prg.new_seed(), 0, (tokens, n))
+    cts = delphi.client_inputs(ck, geom, r)
+    secs, times, (replies, s_share) = _median_seconds(
+        lambda: delphi.server_replies(sk, layer, cts), repeats)
+    got = delphi.client_shares(ck, geom, replies) + s_share
+    err = float((got - ((r @ w_ring.t()) << 16)).abs().max())      # exact: 0
+    return _record("bfv-coeff" if tokens == 1 else "bfv-coeff-packed", w.shape, secs, times, err, {
+        "tokens": tokens, "seconds_per_token": secs / tokens, "encode_seconds": encode,
+        "keygen_seconds": keygen, "galois_key_bytes": 0, "public_key_bytes":
+        len(bundle["public_key"]), "ciphertexts_in": geom.inputs,
+        "ciphertexts_out": geom.outputs, "block": [geom.t_b, geom.n_b, geom.m_b]},
+        param_set=BFV_PARAMS, protocol="hybrid")
+
+
+def _record(method, shape, secs, times, err, extra, param_set=PARAMS, protocol="he") -> dict:
+    return base_record("he", op="matmul", method=method, protocol=protocol, threads=1,
+                       params={"shape": list(shape), "param_set": param_set, **extra},
                        online={"seconds": secs, "spread": [min(times), max(times)]},
                        fidelity={"max_abs_error": err}, net="none", dealer="none")
 
@@ -91,8 +128,12 @@ def write_markdown(records) -> str:
     m = records[0]["machine"]
     lines = ["# HE building blocks", "",
              f"Machine: {m.get('cpu')} ({m.get('cores')} cores), git {records[0]['git']}; "
-             "`python -m benchmarks he-matmul`. One thread; parameter set n8192-d2 (N = 8192, "
-             "[60, 40, 40, 60], scale 2^40) for both methods.", "",
+             "`python -m benchmarks he-matmul`. One thread. CKKS rows (bsgs, tenseal-matmul): "
+             "parameter set n8192-d2 (N = 8192, [60, 40, 40, 60], scale 2^40) for both. "
+             "bfv-coeff rows: the `hybrid` protocol's offline product, BFV set bfv-n8192-t48 "
+             "(N = 8192, t = 2^48, exact integers; seconds include masking, re-randomising, "
+             "flooding and the prime drop of every reply; its error is in ring units and is "
+             "exactly 0). Key column: Galois keys for CKKS, the public key for BFV.", "",
              "## One encrypted vector times a plaintext matrix", "",
              "| shape | method | tokens | seconds | per token | x TenSEAL (per token) | max abs "
              "error | encode (once per matrix) | Galois keys (once per session) |",
@@ -106,7 +147,8 @@ def write_markdown(records) -> str:
         lines.append(f"| {p['shape'][0]}x{p['shape'][1]} | {r['method']} | {t} | {s:.3f} | "
                      f"{s / t:.3f} | {ref / (s / t) if ref else 0:.1f} | "
                      f"{r['fidelity']['max_abs_error']:.1e} | "
-                     f"{p.get('encode_seconds', 0):.2f} s | {human_bytes(p['galois_key_bytes'])} |")
+                     f"{p.get('encode_seconds', 0):.2f} s | "
+                     f"{human_bytes(p['galois_key_bytes'] or p.get('public_key_bytes', 0))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -115,6 +157,7 @@ def main(argv=None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="768x768")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--bfv-tokens", type=int, default=32, help="tokens of the packed BFV row")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     recs = []
@@ -122,7 +165,8 @@ def main(argv=None) -> None:
         m, n = (int(v) for v in size.split("x"))
         rng = np.random.default_rng(0)
         w, x = rng.normal(0, 0.05, (m, n)), rng.normal(0, 1, n)
-        for fn in (bsgs_record, lambda *a: bsgs_record(*a, packed=True), tenseal_record):
+        for fn in (bsgs_record, lambda *a: bsgs_record(*a, packed=True), bfv_record,
+                   lambda *a: bfv_record(*a, tokens=args.bfv_tokens), tenseal_record):
             rec = fn(w, x, args.repeats)
             print(f"[he-matmul] {m}x{n} {rec['method']}: {rec['online']['seconds']:.3f} s, "
                   f"error {rec['fidelity']['max_abs_error']:.1e}", flush=True)

@@ -1,4 +1,4 @@
-"""Digits models under ``mpc`` and ``he`` side by side, between real processes.
+"""Digits models under ``mpc``, ``he`` and ``hybrid`` side by side, between real processes.
 
     python -m benchmarks he-models [--models digits-mlp,digits-cnn] [--repeats 3]
 
@@ -12,6 +12,7 @@ table to ``he.md`` below the matmul table.
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 from pathlib import Path
 
@@ -31,11 +32,11 @@ def bench(model: str, repeats: int, pool: int, work: Path) -> list[dict]:
     _, x_test, _, y_test = load_split()
     xs = [as_model_input(spec, x_test[i:i + 1]) for i in range(len(x_test))]
     out = []
-    with Deployment(model, ["mpc", "he"], certs=work / "certs") as dep:
-        for protocol in ("mpc", "he"):
+    with Deployment(model, list(PROTOCOLS), certs=work / "certs") as dep:
+        for protocol in PROTOCOLS:
             print(f"[he-models] {model} {protocol}: {repeats} sessions", flush=True)
             rec = median_of_sessions(dep, model, protocol, xs, work, repeats,
-                                     compressed=protocol == "he")
+                                     compressed=protocol != "mpc")
             ys, _ = run_session(dep, model, protocol, xs[:pool], work)
             r = finish_record(rec, model=model, protocol=protocol, spec=spec, weights=weights,
                               inputs=xs[:pool], outputs=ys, net="loopback", threads=1,
@@ -45,65 +46,120 @@ def bench(model: str, repeats: int, pool: int, work: Path) -> list[dict]:
     return out
 
 
+PROTOCOLS = ("mpc", "he", "hybrid")
+MODEL_SCOPES = {"he.keys": "keys"}      # offline scopes that serve the whole model
+
+
+def _layer_of(scope: str) -> str:
+    """The layer a meter scope belongs to: the first component, or the layer named after
+    ``weights.`` / ``dealer.``; model-wide scopes map to their own row."""
+    if scope in MODEL_SCOPES:
+        return MODEL_SCOPES[scope]
+    parts = scope.split(".")
+    if parts[0] in ("weights", "dealer") and len(parts) > 1:
+        return parts[1]
+    return parts[0] or "output"
+
+
 def layer_records(model: str) -> list[dict]:
-    """Per top-level scope (layer) of one in-process inference: online bytes (both ways)
-    and rounds, and the dealer material serving it, under mpc and he."""
+    """Per layer (top-level scope) of one in-process inference, from the meters: online
+    seconds (client, wall), bytes both directions and rounds; offline seconds (client,
+    wall), bytes both directions (HE replies, opened weights) and the dealer material
+    serving the layer; client storage after the offline phase."""
     from benchmarks.in_process import run_in_process
     from benchmarks.records import base_record
     spec = get_model(model)
     _, x_test, _, _ = load_split()
     x = as_model_input(spec, x_test[:1])
     out = []
-    for protocol in ("mpc", "he"):
+    for protocol in PROTOCOLS:
+        roles: dict = {}
         _, cm, sm = run_in_process(spec, spec.load_weights(), x, protocol=protocol,
-                                   session_id=f"layers-{protocol}")
+                                   session_id=f"layers-{protocol}", roles=roles)
         layers: dict = {}
-        for phase, prefix in (("online", ""), ("offline", "dealer.")):
+
+        def cell(name):
+            return layers.setdefault(name, {"online_bytes": 0, "rounds": set(), "dealer_bytes": 0,
+                                            "offline_bytes": 0, "online_s": 0.0,
+                                            "offline_s": 0.0, "storage": 0})
+        for phase in ("online", "offline"):
             for meter in (cm, sm):
                 for scope, c in meter.scopes(phase).items():
-                    if not scope.startswith(prefix) or scope == "dealer":
+                    if scope == "dealer":
                         continue
-                    name = scope[len(prefix):].split(".")[0] or "output"
-                    cell = layers.setdefault(name, {"online_bytes": 0, "rounds": set(),
-                                                    "dealer_bytes": 0})
-                    if phase == "online":
-                        cell["online_bytes"] += c.payload_sent
+                    d = cell(_layer_of(scope))
+                    if scope.startswith("dealer."):
+                        d["dealer_bytes"] += c.payload_received
+                    elif phase == "online":
+                        d["online_bytes"] += c.payload_sent
                         if meter is cm:
-                            cell["rounds"] |= c.rounds
+                            d["rounds"] |= c.rounds
                     else:
-                        cell["dealer_bytes"] += c.payload_received
-        for name, cell in layers.items():
+                        d["offline_bytes"] += c.payload_sent
+            for scope, secs in cm.scope_seconds(phase).items():
+                if scope and not scope.startswith("dealer") and scope in cm.scopes(phase):
+                    cell(_layer_of(scope))[f"{phase}_s"] += secs
+        client = roles["client"]
+        if protocol == "mpc":
+            for key, shape in client.needs.constants:     # the masked weights F it keeps
+                cell(key.removesuffix(".weight"))["storage"] += 8 * math.prod(shape)
+        elif protocol == "hybrid":
+            for name, info in client.layers.items():
+                cell(name)["storage"] += 8 * info["rows"] * info["matrix"][0]
+            cell("keys")["storage"] += client.key_bytes
+        else:
+            cell("keys")["storage"] += client.key_bytes
+        for name, d in layers.items():
+            total = d["online_bytes"] + d["offline_bytes"] + d["dealer_bytes"]
             out.append(base_record("he", model=model, protocol=protocol, method="per-layer",
                                    params={"layer": name}, online={
-                                       "bytes_both_directions": cell["online_bytes"],
-                                       "rounds": len(cell["rounds"])},
-                                   offline={"dealer_bytes": cell["dealer_bytes"]},
+                                       "seconds": d["online_s"],
+                                       "bytes_both_directions": d["online_bytes"],
+                                       "rounds": len(d["rounds"])},
+                                   offline={"seconds": d["offline_s"],
+                                            "bytes_both_directions": d["offline_bytes"],
+                                            "dealer_bytes": d["dealer_bytes"]},
+                                   total_bytes=total, client_storage_bytes=d["storage"],
                                    threads=1, net="in-process", dealer="in-process"))
     return out
 
 
 def model_markdown(records) -> list[str]:
-    lines = ["", "## Models: mpc against he (real processes, mTLS, one thread each)", "",
+    lines = ["", "## Models: mpc, he and hybrid (real processes, mTLS, one thread each)", "",
+             "Dealer: a separate process under all three; what it serves is in each record's "
+             "`dealer_for` (hybrid: truncations and non-linear material only).", "",
              "| model | protocol | online s | online sent (client) | rounds | offline s | "
-             "offline sent (client) | total bytes | agreement (100 images) | max abs error |",
-             "|" + "---|" * 10]
-    for r in records:
+             "offline sent (client) | total bytes | client storage | agreement (100 images) | "
+             "max abs error |",
+             "|" + "---|" * 11]
+    order = {p: i for i, p in enumerate(PROTOCOLS)}
+    for r in sorted(records, key=lambda r: (r["model"], order.get(r["protocol"], 9))):
         on, off, f = r["online"], r["offline"], r["fidelity"]
         lines.append(f"| {r['model']} | {r['protocol']} | {on['seconds']:.3f} | "
                      f"{human_bytes(on['bytes_sent'])} | {on['rounds']:g} | {off['seconds']:.2f} | "
                      f"{human_bytes(off['bytes_sent'])} | {human_bytes(r['total_bytes'])} | "
+                     f"{human_bytes(r.get('client_storage_bytes', 0))} | "
                      f"{f['top1_agree']} | {f['max_abs_error']:.1e} |")
     return lines
 
 
 def layer_markdown(records) -> list[str]:
-    lines = ["", "## Per layer (one inference, in-process parties; bytes both directions)", "",
-             "| model | layer | protocol | online bytes | rounds | dealer material |",
-             "|---|---|---|---|---|---|"]
-    for r in sorted(records, key=lambda r: (r["model"], r["params"]["layer"], r["protocol"])):
+    lines = ["", "## Per layer (one inference, in-process parties, one thread each; bytes both "
+             "directions; seconds: the client's wall time in the layer's scope)", "",
+             "`keys` is the model-wide HE key set-up; `output` the output reveal.", "",
+             "| model | layer | protocol | online s | online bytes | rounds | offline s | "
+             "offline bytes | dealer material | total bytes | client storage |",
+             "|" + "---|" * 11]
+    order = {p: i for i, p in enumerate(PROTOCOLS)}
+    for r in sorted(records, key=lambda r: (r["model"], r["params"]["layer"],
+                                            order.get(r["protocol"], 9))):
+        on, off = r["online"], r["offline"]
         lines.append(f"| {r['model']} | {r['params']['layer']} | {r['protocol']} | "
-                     f"{human_bytes(r['online']['bytes_both_directions'])} | "
-                     f"{r['online']['rounds']} | {human_bytes(r['offline']['dealer_bytes'])} |")
+                     f"{on.get('seconds', 0):.4f} | {human_bytes(on['bytes_both_directions'])} | "
+                     f"{on['rounds']} | {off.get('seconds', 0):.3f} | "
+                     f"{human_bytes(off.get('bytes_both_directions', 0))} | "
+                     f"{human_bytes(off['dealer_bytes'])} | {human_bytes(r.get('total_bytes', 0))} | "
+                     f"{human_bytes(r.get('client_storage_bytes', 0))} |")
     return lines
 
 

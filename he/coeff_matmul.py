@@ -98,26 +98,41 @@ def input_polys(geom: Geometry, x: np.ndarray) -> list[np.ndarray]:
 
 
 class EncodedWeights:
-    """B[mu, nu] as plaintexts in NTT form (server side, encoded once)."""
+    """B[mu, nu] as plaintexts in NTT form (server side). Kept for every inference when
+    they fit ``cache_bytes`` (the digits models); otherwise made when used (about 0.3 ms
+    each), so that a large model's server does not hold gigabytes of sparse plaintexts."""
 
-    def __init__(self, geom: Geometry, w_mod_t: np.ndarray, context):
+    def __init__(self, geom: Geometry, w_mod_t: np.ndarray, context, cache_bytes=256 << 20):
         self.geom = geom
-        ev = sa.Evaluator(context)
-        parms = context.first_parms_id()
+        self.w = w_mod_t
+        self.context = context
+        data = context.first_context_data().parms()
+        per_plain = 8 * data.poly_modulus_degree() * (len(data.coeff_modulus()) - 1)
+        self.cached = geom.in_blocks * geom.out_blocks * per_plain <= cache_bytes
         self.plains: dict[tuple[int, int], object] = {}
-        g = geom
-        for mu in range(g.out_blocks):
-            for nu in range(g.in_blocks):
-                block = w_mod_t[mu * g.m_b:(mu + 1) * g.m_b, nu * g.n_b:(nu + 1) * g.n_b]
-                if not block.any():
-                    continue
-                i = np.arange(block.shape[0])[:, None]
-                j = np.arange(block.shape[1])[None, :]
-                coeffs = np.zeros(g.m_b * g.n_b, dtype=np.uint64)
-                coeffs[i * g.n_b + g.n_b - 1 - j] = block
-                pt = sa.Plaintext()
-                ev.transform_to_ntt(plaintext(context, coeffs), parms, pt)
-                self.plains[(mu, nu)] = pt
+        if self.cached:
+            for mu in range(geom.out_blocks):
+                for nu in range(geom.in_blocks):
+                    pt = self._make(mu, nu)
+                    if pt is not None:
+                        self.plains[(mu, nu)] = pt
+
+    def _make(self, mu, nu):
+        g = self.geom
+        block = self.w[mu * g.m_b:(mu + 1) * g.m_b, nu * g.n_b:(nu + 1) * g.n_b]
+        if not block.any():
+            return None
+        i = np.arange(block.shape[0])[:, None]
+        j = np.arange(block.shape[1])[None, :]
+        coeffs = np.zeros(g.m_b * g.n_b, dtype=np.uint64)
+        coeffs[i * g.n_b + g.n_b - 1 - j] = block
+        pt = sa.Plaintext()
+        sa.Evaluator(self.context).transform_to_ntt(plaintext(self.context, coeffs),
+                                                    self.context.first_parms_id(), pt)
+        return pt
+
+    def get(self, mu, nu):
+        return self.plains.get((mu, nu)) if self.cached else self._make(mu, nu)
 
 
 def multiply(server, cts: list, weights: EncodedWeights) -> list:
@@ -136,7 +151,7 @@ def multiply(server, cts: list, weights: EncodedWeights) -> list:
         for mu in range(g.out_blocks):
             acc = None
             for nu in range(g.in_blocks):
-                pt = weights.plains.get((mu, nu))
+                pt = weights.get(mu, nu)
                 if pt is None:
                     continue
                 prod = sa.Ciphertext()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from dataclasses import dataclass, field
 
 PHASES = ("offline", "online", "control")
@@ -83,6 +84,22 @@ class Meter:
         self._cells: dict[tuple[str, str], Counters] = {}
         self.reveals: list[Reveal] = []
         self.seconds: dict[str, float] = {}
+        self._mark = time.perf_counter()
+        self._scope_seconds: dict[tuple[str, str], float] = {}
+
+    def _charge(self) -> None:
+        """Add the time since the last scope or phase change to the current (phase, scope):
+        wall time spent in a scope itself, its children excluded."""
+        now = time.perf_counter()
+        with self._lock:
+            key = (self._phase, self.scope)
+            self._scope_seconds[key] = self._scope_seconds.get(key, 0.0) + now - self._mark
+            self._mark = now
+
+    def scope_seconds(self, phase: str) -> dict[str, float]:
+        """Wall seconds per scope of ``phase`` (exclusive of child scopes)."""
+        with self._lock:
+            return {s: v for (ph, s), v in self._scope_seconds.items() if ph == phase}
 
     # -- context ------------------------------------------------------------------------
     @property
@@ -97,18 +114,22 @@ class Meter:
     def in_phase(self, phase: str):
         if phase not in PHASES:
             raise ValueError(f"unknown phase {phase!r}; expected one of {PHASES}")
+        self._charge()
         previous, self._phase = self._phase, phase
         try:
             yield self
         finally:
+            self._charge()
             self._phase = previous
 
     @contextlib.contextmanager
     def in_scope(self, name: str):
+        self._charge()
         self._scopes.append(name)
         try:
             yield self
         finally:
+            self._charge()
             self._scopes.pop()
 
     def _cell(self) -> Counters:

@@ -7,15 +7,17 @@ rest of the model (products, truncations, comparisons: ``mpc``); linear layers n
 Online: the client's input becomes shares (x, 0); each linear layer runs ``he.layer``
 (server share -> masked -> Enc -> W x -> masked shares); squares, ReLUs and the like run
 on shares exactly as under ``mpc``; the server sends its output share to the client.
-Communication per linear layer: one ring vector and two ciphertexts, in 3 messages.
-Supported so far: models whose server-weight layers are ``linear`` or ``conv2d`` (a conv
-runs as its dense Toeplitz matrix; the digits models); elementwise weights (LayerNorm)
-and decoders raise a clear error at plan time.
+Communication per linear layer: one ring vector up to the client, then one ciphertext
+each way per group of rows that fits a ciphertext, in 3 messages.
+Layers: ``linear`` and ``conv2d`` (as its dense Toeplitz matrix) under CKKS; elementwise
+weights (LayerNorm) and matrices too wide for a ciphertext (MiniLM's 30522-row embedding
+lookup) run as under ``mpc``: their weights are opened once under constant-operand masks
+and their products use dealer material. Decoders raise a clear error at plan time.
 Leaks: to the server, nothing beyond the public shapes; to the client, the output, and for
 every linear layer its input and output each masked by a bounded uniform mask (statistical
 parameter SIGMA = 28 bits per element, ``he.convert``; |values| must stay <= 2^6).
 Trust: semi-honest parties; CKKS at 128-bit security (``he.params``); a dealer that does
-not collude with either party for the non-linear material.
+not collude with either party for the non-linear material and the 2PC-routed layers.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 
 from he.keys import ClientKeys, ServerKeys, to_bytes
 from he.layer import client_linear, geometry, server_linear
-from he.matvec import EncodedMatrix, rotation_steps
+from he.matvec import EncodedMatrix, block, default_baby, rotation_steps
 from he.params import get_param_set
 from mpc import fixed
 from mpc.ops import MpcOps, PlanOps
@@ -42,11 +44,19 @@ PARAM_SET = "n8192-d2"
 class HePlanOps(PlanOps):
     """Plans the 2PC material; layers with server weights need none under ``he``. Records
     each such layer's matrix shape (a conv2d as its dense Toeplitz matrix), its row count
-    and, for a conv2d, its geometry."""
+    and, for a conv2d, its geometry. Layers HE does not take run as under ``mpc``
+    (constant-operand masks, dealer products): elementwise weights (LayerNorm) and matrices
+    too wide for one ciphertext (the 30522-row word-embedding lookup)."""
+
+    slots = get_param_set(PARAM_SET).slots
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.he_layers: dict[str, dict] = {}
+
+    def _he_fits(self, m: int, n: int) -> bool:
+        d = max(m, n)
+        return block(d, default_baby(d)) <= self.slots
 
     def _shape(self, layer):
         key = f"{layer}.weight"
@@ -56,6 +66,8 @@ class HePlanOps(PlanOps):
 
     def linear(self, x, layer):
         w = self._shape(layer)
+        if not self._he_fits(*w):
+            return PlanOps.linear(self, x, layer)
         rows = 1
         for s in x.shape[:-1]:
             rows *= s
@@ -73,9 +85,6 @@ class HePlanOps(PlanOps):
                                           "stride": stride, "padding": padding}}
         return self.tensor(tuple(out))
 
-    def affine(self, x, layer):
-        raise ValueError(f"he: layer {layer!r} has elementwise server weights; not supported "
-                         "by the he protocol yet (use mpc)")
 
 
 def toeplitz(weight: torch.Tensor, conv: dict) -> torch.Tensor:
@@ -91,47 +100,47 @@ def he_plan(spec, input_shape, config, inferences, ops_class=None, name="he"):
         raise ValueError(f"{name}: decoders are not supported yet (use mpc)")
     ops = (ops_class or HePlanOps)(spec.params, config.fixed.frac_bits, config.compare)
     spec.forward(ops, PlanOps.tensor(input_shape))
-    return Needs(tuple(ops.items), (), inferences), ops.he_layers
+    return Needs(tuple(ops.items), tuple(sorted(ops.constants.items())), inferences), ops.he_layers
 
 
 class HeOps(MpcOps):
+    """MpcOps whose layers in ``he_layers`` run under CKKS (``layer_fn``); the rest as
+    under ``mpc`` with ``weights``."""
+
     name = "he"
 
-    def __init__(self, party, layer_fn, out_shape):
-        super().__init__(party, {})
+    def __init__(self, party, weights, he_layers, layer_fn, additive=None):
+        super().__init__(party, weights, additive)
         self._layer_fn = layer_fn
-        self._out_shape = out_shape          # conv layer -> its output shape (C, H, W)
+        self.he_layers = he_layers
 
     def linear(self, x, layer):
+        if layer not in self.he_layers:
+            return super().linear(x, layer)
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
         return self._layer_fn(flat, layer, self._scope).reshape(tuple(shape[:-1]) + (-1,))
 
     def conv2d(self, x, layer, *, stride=1, padding=0):
         y = self._layer_fn(x.reshape(x.shape[0], -1), layer, self._scope)
-        return y.reshape((x.shape[0],) + self._out_shape(layer))
-
-    def affine(self, x, layer):
-        raise ValueError(f"he: affine layer {layer!r} is not supported yet")
+        return y.reshape((x.shape[0],) + self.he_layers[layer]["conv"]["out"])
 
 
 class _HeRole:
     def _plan(self, ctx):
         needs, self.he_layers = he_plan(ctx.spec, ctx.input_shape, ctx.config, ctx.inferences)
         self.params = get_param_set(PARAM_SET)
-        for info in self.he_layers.values():            # refuse what does not fit, early
-            geometry(info["matrix"], info["rows"], self.params.slots)
         return needs
 
     def _steps(self):
         steps = set()
         for info in self.he_layers.values():
-            d, b, _ = geometry(info["matrix"], info["rows"], self.params.slots)
+            d, b, _ = geometry(info["matrix"], self.params.slots)
             steps |= set(rotation_steps(d, b))
         return steps
 
-    def _ops(self, layer_fn):
-        return HeOps(self.party, layer_fn, lambda layer: self.he_layers[layer]["conv"]["out"])
+    def _ops(self, layer_fn, additive=None):
+        return HeOps(self.party, self.weights, self.he_layers, layer_fn, additive)
 
 
 class HeClient(_HeRole, MpcClient):
@@ -156,6 +165,7 @@ class HeClient(_HeRole, MpcClient):
             for name in ("public_key", "galois_keys"):
                 ch.send(f"he.{name}", torch.frombuffer(bytearray(bundle[name]), dtype=torch.uint8))
         self._fetch()
+        self._receive_weights()
 
     def online(self, x):
         x = check_input(self.ctx, x)
@@ -191,21 +201,22 @@ class HeServer(_HeRole, MpcServer):
                     if bias is not None:
                         out = info["conv"]["out"]
                         bias = bias.repeat_interleave(out[1] * out[2])
+                _, _, per_ct = geometry(info["matrix"], self.params.slots)
                 self.mats[layer] = EncodedMatrix.encode(w.numpy(), self.params,
-                                                        self.server_keys.context)
+                                                        self.server_keys.context,
+                                                        tokens=min(info["rows"], per_ct))
                 if bias is not None:
                     self.bias[layer] = fixed.encode(bias, self.f)
         self._fetch()
-        used = {f"{layer}.{k}" for layer in self.he_layers for k in ("weight", "bias")}
-        self.additive = {k: fixed.encode(v, self.f) for k, v in self.plain.items() if k not in used}
+        self._open_weights(skip=self.he_layers)
 
     def online(self) -> None:
         ch = self.ctx.channel
         ch.begin_epoch()
         with self.ctx.meter.in_phase("online"):
             ops = self._ops(lambda v, layer, scope: server_linear(
-                self.party, self.server_keys, v, self.mats[layer], self.bias.get(layer), scope))
-            ops.additive = self.additive
+                self.party, self.server_keys, v, self.mats[layer], self.bias.get(layer), scope),
+                self.additive)
             out = self.ctx.spec.forward(ops, torch.zeros(self.ctx.input_shape, dtype=torch.int64))
             reveal_to(self.party, CLIENT, "output", out, "model output")
 

@@ -9,12 +9,13 @@ including the truncations after these layers.
 Online: the client's input becomes shares (x, 0); each linear layer costs one masked vector
 from the client (T n ring elements) and the truncation after it; nonlinear steps run on
 shares exactly as under ``mpc``; the server sends its output share to the client.
-Supported: models whose server-weight layers are ``linear`` or ``conv2d`` (the digits
-models); elementwise weights and decoders are refused at plan time.
+Layers: ``linear`` and ``conv2d`` (dense Toeplitz) take Delphi masks; elementwise weights
+(LayerNorm) and inputs wider than 4096 (MiniLM's 30522-row embedding lookup) run as under
+``mpc`` (constant-operand masks, dealer products). Decoders are refused at plan time.
 Leaks: to the server, nothing beyond the public shapes (it sees x - r with r uniform in
 Z_2^64); to the client, the output, and per linear layer and inference W r + s with s
 uniform mod 2^48 in every coefficient, its decryption noise flooded (statistical parameter
-``sigma``, >= 64 bits per coefficient, reported in every record).
+at least SIGMA_MIN = 64 bits per coefficient; each layer's value is ``ServerLayer.sigma``).
 Trust: semi-honest parties; BFV at 128-bit security; a dealer that does not collude with
 either party, for the non-linear material and the truncations (``dealer`` in records).
 """
@@ -40,9 +41,18 @@ PARAM_SET = "bfv-n8192-t48"
 
 
 class HybridPlanOps(HePlanOps):
-    """As ``HePlanOps``, plus the truncation by f + LIFT after each product."""
+    """As ``HePlanOps``, plus the truncation by f + LIFT after each HE-masked product.
+    Layers wider than MAX_INPUT (the 30522-row embedding lookup) and elementwise weights
+    run as under ``mpc``."""
+
+    MAX_INPUT = 4096
+
+    def _he_fits(self, m: int, n: int) -> bool:
+        return n <= self.MAX_INPUT
 
     def _lifted_trunc(self, layer, out):
+        if layer not in self.he_layers:
+            return out
         info = self.he_layers[layer]
         shape = (info["rows"], info["matrix"][0])
         self.items.append(Need.make("trunc", self._scope, shape=shape,
@@ -55,34 +65,31 @@ class HybridPlanOps(HePlanOps):
     def conv2d(self, x, layer, *, stride=1, padding=0):
         return self._lifted_trunc(layer, super().conv2d(x, layer, stride=stride, padding=padding))
 
-    def affine(self, x, layer):
-        raise ValueError(f"hybrid: layer {layer!r} has elementwise server weights; not "
-                         "supported by the hybrid protocol yet (use mpc)")
-
 
 class HybridOps(MpcOps):
+    """MpcOps whose layers in ``he_layers`` use the Delphi masks (``layer_fn``)."""
+
     name = "hybrid"
 
-    def __init__(self, party, layer_fn, out_shape):
-        super().__init__(party, {})
+    def __init__(self, party, weights, he_layers, layer_fn, additive=None):
+        super().__init__(party, weights, additive)
         self._layer_fn = layer_fn
-        self._out_shape = out_shape
+        self.he_layers = he_layers
 
     def _product(self, flat, layer):
         z = self._layer_fn(flat, layer)
         return protocol.truncate(self.party, z, self._scope, bits=self.f + LIFT)
 
     def linear(self, x, layer):
+        if layer not in self.he_layers:
+            return super().linear(x, layer)
         shape = x.shape
         y = self._product(x.reshape(-1, shape[-1]), layer)
         return y.reshape(tuple(shape[:-1]) + (-1,))
 
     def conv2d(self, x, layer, *, stride=1, padding=0):
         y = self._product(x.reshape(x.shape[0], -1), layer)
-        return y.reshape((x.shape[0],) + self._out_shape(layer))
-
-    def affine(self, x, layer):
-        raise ValueError(f"hybrid: affine layer {layer!r} is not supported yet")
+        return y.reshape((x.shape[0],) + self.he_layers[layer]["conv"]["out"])
 
 
 class _HybridRole:
@@ -106,8 +113,8 @@ class _HybridRole:
                                 f"session prepared {self.ctx.inferences}")
         return self.pool.pop(run)           # used once
 
-    def _ops(self, layer_fn):
-        return HybridOps(self.party, layer_fn, lambda name: self.layers[name]["conv"]["out"])
+    def _ops(self, layer_fn, additive=None):
+        return HybridOps(self.party, self.weights, self.layers, layer_fn, additive)
 
 
 class HybridClient(_HybridRole, MpcClient):
@@ -147,6 +154,7 @@ class HybridClient(_HybridRole, MpcClient):
                         shares[name] = delphi.client_shares(self.keys, geom, replies)
                 self.pool[run] = shares
         self._fetch()
+        self._receive_weights()
         self._peak = self.storage_bytes()
 
     def online(self, x):
@@ -183,12 +191,14 @@ class HybridServer(_HybridRole, MpcServer):
                 self.server_keys = BfvServerKeys.from_bundle(
                     {"params": params.get("params") if isinstance(params, dict) else None,
                      "public_key": bytes(data.numpy())}, (PARAM_SET,))
-            self.encoded = {name: self._encode(name, info) for name, info in self.layers.items()}
-            self.sigma = min(layer.sigma for layer in self.encoded.values())
+            self.encoded = {}
             for run in range(self.ctx.inferences):
                 shares = {}
-                for name, layer in self.encoded.items():
+                for name, info in self.layers.items():
                     with meter.in_scope(self._scope(name)):
+                        if name not in self.encoded:        # encoded when first needed
+                            self.encoded[name] = self._encode(name, info)
+                        layer = self.encoded[name]
                         cts = [recv_ct(ch, f"hybrid.{run}.{name}.in.{i}",
                                        self.server_keys.context)
                                for i in range(layer.geom.inputs)]
@@ -197,8 +207,7 @@ class HybridServer(_HybridRole, MpcServer):
                             send_ct(ch, f"hybrid.{run}.{name}.out.{i}", ct)
                 self.pool[run] = shares
         self._fetch()
-        used = {f"{name}.{k}" for name in self.layers for k in ("weight", "bias")}
-        self.additive = {k: fixed.encode(v, self.f) for k, v in self.plain.items() if k not in used}
+        self._open_weights(skip=self.layers)
 
     def _encode(self, name, info):
         w = self.plain[f"{name}.weight"]
@@ -227,8 +236,7 @@ class HybridServer(_HybridRole, MpcServer):
                                      f"{tuple(u.shape)}, expected {tuple(x_s.shape)}")
                 return delphi.server_online(self.encoded[name], u, x_s, masks.pop(name))
 
-            ops = self._ops(layer_fn)
-            ops.additive = self.additive
+            ops = self._ops(layer_fn, self.additive)
             out = self.ctx.spec.forward(ops, torch.zeros(self.ctx.input_shape, dtype=torch.int64))
             reveal_to(self.party, CLIENT, "output", out, "model output")
 

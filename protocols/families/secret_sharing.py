@@ -127,11 +127,16 @@ class MpcClient(_MpcRole, ClientRole):
 
     def offline(self) -> None:
         self._fetch()
+        self._receive_weights()
+
+    def _receive_weights(self) -> None:
+        """Store the masked weights F = W - B the server opens (once per session)."""
         ch = self.ctx.channel
         ch.begin_epoch()
         with self.ctx.meter.in_phase("offline"), self.ctx.meter.in_scope("weights"):
             for key, shape in self.needs.constants:
-                masked = ch.recv(f"const.{key}")
+                with self.ctx.meter.in_scope(key.removesuffix(".weight")):
+                    masked = ch.recv(f"const.{key}")
                 if tuple(masked.shape) != tuple(shape) or masked.dtype != torch.int64:
                     raise MaterialError(f"masked weight {key} has shape {tuple(masked.shape)}, "
                                         f"expected {shape}")
@@ -168,6 +173,12 @@ class MpcServer(_MpcRole, ServerRole):
 
     def offline(self) -> None:
         self._fetch()
+        self._open_weights()
+
+    def _open_weights(self, skip=frozenset()) -> None:
+        """Open each constant weight once under its mask: F = W - B to the client. The
+        server's remaining tensors (``skip``: layers served another way) become the
+        additive terms it adds to its shares."""
         ch = self.ctx.channel
         ch.begin_epoch()
         seed = self.store.seed
@@ -177,13 +188,15 @@ class MpcServer(_MpcRole, ServerRole):
                 w = fixed.encode(self.plain[key], self.f)
                 masked = w - material.const_mask(seed, self.needs, key)
                 self.store.mark_opened(key)
-                ch.send(f"const.{key}", masked)
+                with self.ctx.meter.in_scope(layer):
+                    ch.send(f"const.{key}", masked)
                 bias = self.plain.get(f"{layer}.bias")
                 bias = None if bias is None else fixed.encode(bias, 2 * self.f,
                                                               limit=fixed.max_abs(self.f))
                 self.weights[layer] = WeightShare(masked, w, bias)
         used = {k for k, _ in self.needs.constants} | {k[:-len("weight")] + "bias"
                                                        for k, _ in self.needs.constants}
+        used |= {f"{layer}.{k}" for layer in skip for k in ("weight", "bias")}
         self.additive = {k: fixed.encode(v, self.f) for k, v in self.plain.items()
                          if k not in used}
 

@@ -32,11 +32,12 @@ def test_he_matches_plaintext(model, tmp_path):
     assert cctx.meter.total("offline", "he.keys").payload_sent > 1_000_000
 
 
-def test_he_refuses_layers_it_does_not_support(tmp_path):
-    spec = get_model("minilm")
-    x = torch.zeros((1, 16, spec.input_shape[1]), dtype=torch.float64)
-    with pytest.raises(ValueError, match="elementwise server weights"):
-        run_family(get_family("he"), spec, {}, [x], tmp_path)
+@pytest.mark.parametrize("protocol", ["he", "hybrid"])
+def test_decoders_are_refused_at_plan_time(tmp_path, protocol):
+    spec = get_model("tiny-gpt")
+    x = torch.zeros((1,) + tuple(spec.input_shape), dtype=torch.float64)
+    with pytest.raises(ValueError, match=f"{protocol}: decoders are not supported"):
+        run_family(get_family(protocol), spec, {}, [x], tmp_path)
 
 
 def test_a_malformed_ciphertext_is_refused_by_name():

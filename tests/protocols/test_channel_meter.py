@@ -385,3 +385,14 @@ def test_scope_prefix_matches_whole_scope_names():
         with m0.in_scope("layer10"):
             c0.send("b", torch.zeros(5, dtype=torch.int64))
     assert m0.total("online", "layer1").payload_sent == 8
+
+
+def test_scope_seconds_are_exclusive_of_child_scopes():
+    m = Meter("client")
+    with m.in_phase("online"), m.in_scope("layer"):
+        time.sleep(0.05)
+        with m.in_scope("inner"):
+            time.sleep(0.1)
+    secs = m.scope_seconds("online")
+    assert 0.04 < secs["layer"] < 0.09 and 0.09 < secs["layer.inner"] < 0.2
+    assert "layer" not in m.scope_seconds("offline")
