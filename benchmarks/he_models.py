@@ -1,10 +1,14 @@
-"""Digits models under ``mpc``, ``he`` and ``hybrid`` side by side, between real processes.
+"""Models under ``mpc``, ``he`` and ``hybrid`` side by side, between real processes.
 
-    python -m benchmarks he-models [--models digits-mlp,digits-cnn] [--repeats 3]
+    python -m benchmarks he-models [--models digits-mlp,digits-cnn,minilm] [--repeats 3]
+                                   [--seq 32]
 
-Dealer, server and client as separate processes with mTLS on loopback, one thread each;
-``--repeats`` single-inference sessions per cell (seconds: medians; bytes must not vary)
-and the first 100 test images in one session for the agreement. Records go to
+Dealer, server and client as separate processes with mTLS on loopback, one thread each.
+Digits: ``--repeats`` single-inference sessions per cell (seconds: medians; bytes must
+not vary) and the first 100 test images in one session for the agreement. MiniLM: one
+session at the ``--seq`` bucket, cosine to plaintext. Per layer: one in-process
+inference per protocol, figures from the meters (MiniLM: each layer kind summed over
+the six blocks). Records go to
 ``benchmarks/results/he.jsonl`` (``bench`` = ``he``, one per model and protocol) and a
 table to ``he.md`` below the matmul table.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import tempfile
 from pathlib import Path
 
@@ -20,7 +25,7 @@ import torch
 
 from benchmarks.he_matmul import RESULTS, write_markdown as matmul_markdown
 from benchmarks.launch import Deployment
-from benchmarks.records import append_records, human_bytes, read_records
+from benchmarks.records import append_records, base_record, human_bytes, read_records
 from benchmarks.sessions import finish_record, median_of_sessions, run_session
 from models.digits import as_model_input, load_split
 from models.registry import get_model
@@ -46,36 +51,78 @@ def bench(model: str, repeats: int, pool: int, work: Path) -> list[dict]:
     return out
 
 
+def bench_minilm(work: Path, seq: int) -> list[dict]:
+    """all-MiniLM-L6-v2 at one length bucket, one inference per session under each
+    protocol between real processes; fidelity: cosine and max error to plaintext."""
+    import torch.nn.functional as F
+
+    from client.reference import plaintext_forward
+    spec = get_model("minilm")
+    weights = spec.load_weights()
+    x = model_input("minilm", seq)
+    ref, plain_s = plaintext_forward(spec, weights, x)
+    out = []
+    with Deployment("minilm", list(PROTOCOLS), certs=work / "certs") as dep:
+        for protocol in PROTOCOLS:
+            print(f"[he-models] minilm seq {seq} {protocol}: one session", flush=True)
+            ys, rec = run_session(dep, "minilm", protocol, [x], work)
+            rec["params"]["seq_len"] = seq
+            out.append(base_record("he", **rec, method="", plaintext_seconds=plain_s,
+                                   net="loopback", threads=1, fidelity={
+                                       "cosine": F.cosine_similarity(ys[0], ref).item(),
+                                       "max_abs_error": (ys[0] - ref).abs().max().item(),
+                                       "top1_agree": F.cosine_similarity(ys[0], ref).item()
+                                       >= 0.999, "error_budget": "cosine >= 0.999"}))
+    return out
+
+
 PROTOCOLS = ("mpc", "he", "hybrid")
 MODEL_SCOPES = {"he.keys": "keys"}      # offline scopes that serve the whole model
 
 
-def _layer_of(scope: str) -> str:
-    """The layer a meter scope belongs to: the first component, or the layer named after
-    ``weights.`` / ``dealer.``; model-wide scopes map to their own row."""
+def _layer_of(scope: str, depth: int = 1) -> str:
+    """The layer a meter scope belongs to: its first ``depth`` components (after the
+    ``weights.`` / ``dealer.`` prefixes), with transformer block indices dropped so that
+    one row sums a layer kind over all blocks (``layer3.attn.qkv`` -> ``attn.qkv``,
+    ``weights.l3.ln1`` -> ``ln1``); model-wide scopes map to their own row."""
     if scope in MODEL_SCOPES:
         return MODEL_SCOPES[scope]
     parts = scope.split(".")
     if parts[0] in ("weights", "dealer") and len(parts) > 1:
-        return parts[1]
-    return parts[0] or "output"
+        parts = parts[1:]
+    parts = [p for p in parts if not re.fullmatch(r"layer\d+|l\d+|hybrid|he", p)]
+    return ".".join(parts[:depth]) or "output"
 
 
-def layer_records(model: str) -> list[dict]:
+def model_input(model: str, seq: int = 32) -> torch.Tensor:
+    spec = get_model(model)
+    if model == "minilm":
+        from benchmarks.transformers import sentence_of_length
+        from models.minilm import Tokenizer
+        tok = Tokenizer()
+        return tok.one_hot(sentence_of_length(tok, seq), seq)
+    _, x_test, _, _ = load_split()
+    return as_model_input(spec, x_test[:1])
+
+
+def layer_records(model: str, seq: int = 32) -> list[dict]:
     """Per layer (top-level scope) of one in-process inference, from the meters: online
     seconds (client, wall), bytes both directions and rounds; offline seconds (client,
     wall), bytes both directions (HE replies, opened weights) and the dealer material
     serving the layer; client storage after the offline phase."""
     from benchmarks.in_process import run_in_process
-    from benchmarks.records import base_record
     spec = get_model(model)
-    _, x_test, _, _ = load_split()
-    x = as_model_input(spec, x_test[:1])
+    weights = spec.load_weights()
+    x = model_input(model, seq)
+    depth = 2 if model == "minilm" else 1
+    extra = {"seq_len": seq, "blocks_summed": 6} if model == "minilm" else {}
     out = []
     for protocol in PROTOCOLS:
         roles: dict = {}
-        _, cm, sm = run_in_process(spec, spec.load_weights(), x, protocol=protocol,
-                                   session_id=f"layers-{protocol}", roles=roles)
+        print(f"[he-models] {model} {protocol}: per-layer run (in-process)", flush=True)
+        _, cm, sm = run_in_process(spec, weights, x, protocol=protocol,
+                                   session_id=f"layers-{protocol}", roles=roles,
+                                   recv_timeout=600.0)
         layers: dict = {}
 
         def cell(name):
@@ -87,7 +134,7 @@ def layer_records(model: str) -> list[dict]:
                 for scope, c in meter.scopes(phase).items():
                     if scope == "dealer":
                         continue
-                    d = cell(_layer_of(scope))
+                    d = cell(_layer_of(scope, depth))
                     if scope.startswith("dealer."):
                         d["dealer_bytes"] += c.payload_received
                     elif phase == "online":
@@ -98,21 +145,23 @@ def layer_records(model: str) -> list[dict]:
                         d["offline_bytes"] += c.payload_sent
             for scope, secs in cm.scope_seconds(phase).items():
                 if scope and not scope.startswith("dealer") and scope in cm.scopes(phase):
-                    cell(_layer_of(scope))[f"{phase}_s"] += secs
+                    cell(_layer_of(scope, depth))[f"{phase}_s"] += secs
         client = roles["client"]
         if protocol == "mpc":
             for key, shape in client.needs.constants:     # the masked weights F it keeps
-                cell(key.removesuffix(".weight"))["storage"] += 8 * math.prod(shape)
+                cell(_layer_of("weights." + key.removesuffix(".weight"), depth))["storage"] += \
+                    8 * math.prod(shape)
         elif protocol == "hybrid":
             for name, info in client.layers.items():
-                cell(name)["storage"] += 8 * info["rows"] * info["matrix"][0]
+                cell(_layer_of(info["scope"] or name, depth))["storage"] += \
+                    8 * info["rows"] * info["matrix"][0]
             cell("keys")["storage"] += client.key_bytes
         else:
             cell("keys")["storage"] += client.key_bytes
         for name, d in layers.items():
             total = d["online_bytes"] + d["offline_bytes"] + d["dealer_bytes"]
             out.append(base_record("he", model=model, protocol=protocol, method="per-layer",
-                                   params={"layer": name}, online={
+                                   params={"layer": name, **extra}, online={
                                        "seconds": d["online_s"],
                                        "bytes_both_directions": d["online_bytes"],
                                        "rounds": len(d["rounds"])},
@@ -120,8 +169,16 @@ def layer_records(model: str) -> list[dict]:
                                             "bytes_both_directions": d["offline_bytes"],
                                             "dealer_bytes": d["dealer_bytes"]},
                                    total_bytes=total, client_storage_bytes=d["storage"],
+
                                    threads=1, net="in-process", dealer="in-process"))
     return out
+
+
+def agreement(r) -> str:
+    f = r["fidelity"]
+    if "cosine" in f:
+        return f"cosine {f['cosine']:.6f} (seq {r['params'].get('seq_len')})"
+    return f"{f['top1_agree']} ({f.get('samples', '?')} images)"
 
 
 def model_markdown(records) -> list[str]:
@@ -129,7 +186,7 @@ def model_markdown(records) -> list[str]:
              "Dealer: a separate process under all three; what it serves is in each record's "
              "`dealer_for` (hybrid: truncations and non-linear material only).", "",
              "| model | protocol | online s | online sent (client) | rounds | offline s | "
-             "offline sent (client) | total bytes | client storage | agreement (100 images) | "
+             "offline sent (client) | total bytes | client storage | agreement | "
              "max abs error |",
              "|" + "---|" * 11]
     order = {p: i for i, p in enumerate(PROTOCOLS)}
@@ -139,7 +196,7 @@ def model_markdown(records) -> list[str]:
                      f"{human_bytes(on['bytes_sent'])} | {on['rounds']:g} | {off['seconds']:.2f} | "
                      f"{human_bytes(off['bytes_sent'])} | {human_bytes(r['total_bytes'])} | "
                      f"{human_bytes(r.get('client_storage_bytes', 0))} | "
-                     f"{f['top1_agree']} | {f['max_abs_error']:.1e} |")
+                     f"{agreement(r)} | {f['max_abs_error']:.1e} |")
     return lines
 
 
@@ -169,14 +226,18 @@ def main(argv=None) -> None:
     ap.add_argument("--models", default="digits-mlp,digits-cnn")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--pool", type=int, default=100)
+    ap.add_argument("--seq", type=int, default=32, help="MiniLM length bucket")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     recs = []
     with tempfile.TemporaryDirectory(prefix="pinfer-he-") as tmp:
         for model in args.models.split(","):
-            recs += bench(model, args.repeats, args.pool, Path(tmp))
-            recs += layer_records(model)
+            if model == "minilm":
+                recs += bench_minilm(Path(tmp), args.seq)
+            else:
+                recs += bench(model, args.repeats, args.pool, Path(tmp))
+            recs += layer_records(model, args.seq)
     append_records(args.out / "he.jsonl", recs)
     print(rewrite_markdown(args.out))
 

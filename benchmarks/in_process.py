@@ -20,17 +20,19 @@ from protocols.registry import get_family
 
 def run_in_process(spec, weights: dict, x: torch.Tensor, config: Config | None = None,
                    session_id: str = "local", new_tokens: int = 0, roles: dict | None = None,
-                   protocol: str = "mpc"):
+                   protocol: str = "mpc", recv_timeout: float = 30.0):
     """One inference of ``spec`` on x under ``protocol`` (a family with a dealer); returns
     (output, client meter, server meter). ``roles``, if given, receives the client and
     server role objects."""
     config = config or Config()
     meters, dmeter = (Meter("client"), Meter("server")), Meter("dealer")
-    chans, sessions = memory_pair(meters, session_id=session_id), DealerSessions()
+    chans = memory_pair(meters, session_id=session_id, recv_timeout=recv_timeout)
+    sessions = DealerSessions()
 
     def connect_for(meter):
         def connect():
-            mine, theirs = memory_pair((meter, dmeter), link="dealer", session_id=session_id)
+            mine, theirs = memory_pair((meter, dmeter), link="dealer", session_id=session_id,
+                                       recv_timeout=recv_timeout)
             threading.Thread(target=serve_party, args=(theirs, sessions, None), daemon=True).start()
             return mine     # a dealer failure surfaces as the party's receive timeout
         return connect

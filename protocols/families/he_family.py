@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from he.keys import ClientKeys, ServerKeys, to_bytes
-from he.layer import client_linear, geometry, server_linear
-from he.matvec import EncodedMatrix, block, default_baby, rotation_steps
+from he.layer import BlockMatrix, client_linear, geometry, server_linear
+from he.matvec import block, default_baby, rotation_steps
 from he.params import get_param_set
 from mpc import fixed
 from mpc.ops import MpcOps, PlanOps
@@ -135,8 +135,8 @@ class _HeRole:
     def _steps(self):
         steps = set()
         for info in self.he_layers.values():
-            d, b, _ = geometry(info["matrix"], self.params.slots)
-            steps |= set(rotation_steps(d, b))
+            plan = geometry(info["matrix"], info["rows"], self.params.slots)
+            steps |= set(rotation_steps(plan.d, plan.b))
         return steps
 
     def _ops(self, layer_fn, additive=None):
@@ -201,10 +201,9 @@ class HeServer(_HeRole, MpcServer):
                     if bias is not None:
                         out = info["conv"]["out"]
                         bias = bias.repeat_interleave(out[1] * out[2])
-                _, _, per_ct = geometry(info["matrix"], self.params.slots)
-                self.mats[layer] = EncodedMatrix.encode(w.numpy(), self.params,
-                                                        self.server_keys.context,
-                                                        tokens=min(info["rows"], per_ct))
+                plan = geometry(info["matrix"], info["rows"], self.params.slots)
+                self.mats[layer] = BlockMatrix(w.numpy(), plan, self.params,
+                                               self.server_keys.context)
                 if bias is not None:
                     self.bias[layer] = fixed.encode(bias, self.f)
         self._fetch()

@@ -56,20 +56,20 @@ def test_rows_beyond_one_ciphertext_are_split(tmp_path):
     import torch
 
     from he.keys import ClientKeys, ServerKeys
-    from he.layer import client_linear, geometry, server_linear
-    from he.matvec import EncodedMatrix, rotation_steps
+    from he.layer import BlockMatrix, client_linear, geometry, server_linear
+    from he.matvec import rotation_steps
     from he.params import get_param_set
     from protocols.channel import memory_pair, run_pair
     from protocols.metering import Meter
     ps = get_param_set("n8192-d2")
-    d, b, per_ct = geometry((700, 700), ps.slots)
-    assert per_ct == 2
-    ck = ClientKeys.generate(ps, rotation_steps(d, b))
+    plan = geometry((700, 700), 3, ps.slots)
+    assert plan.per_ct == 2 and plan.d == 700
+    ck = ClientKeys.generate(ps, rotation_steps(plan.d, plan.b))
     sk = ServerKeys.from_bundle(ck.public_bundle(), (ps.name,))
     g = torch.Generator().manual_seed(0)
     w = torch.randn((700, 700), generator=g, dtype=torch.float64) * 0.05
     x = torch.randn((3, 700), generator=g, dtype=torch.float64)
-    mat = EncodedMatrix.encode(w.numpy(), ps, sk.context, tokens=per_ct)
+    mat = BlockMatrix(w.numpy(), plan, ps, sk.context)
     xr = torch.round(x * 2 ** 16).to(torch.int64)
     x_s = torch.randint(-2 ** 40, 2 ** 40, xr.shape, generator=g)
     meters = (Meter("client"), Meter("server"))
@@ -81,3 +81,37 @@ def test_rows_beyond_one_ciphertext_are_split(tmp_path):
     assert float((y - x @ w.t()).abs().max()) < 1e-3
     assert meters[0].total("control").messages_sent == 2      # two input ciphertexts
     assert meters[1].total("control").messages_sent == 3      # masked rows + two replies
+
+
+def test_wide_layers_are_cut_into_square_blocks(tmp_path):
+    """MiniLM's QKV (1152 x 384) as three 384-blocks: 5 rows per ciphertext instead of 1;
+    a 300 x 1000 layer (blocks and padding at both edges) stays exact."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from he.keys import ClientKeys, ServerKeys
+    from he.layer import BlockMatrix, client_linear, geometry, server_linear
+    from he.matvec import rotation_steps
+    from he.params import get_param_set
+    from protocols.channel import memory_pair, run_pair
+    from protocols.metering import Meter
+    ps = get_param_set("n8192-d2")
+    qkv = geometry((1152, 384), 32, ps.slots)
+    assert (qkv.d, qkv.per_ct, qkv.row_blocks, qkv.col_blocks) == (384, 5, 3, 1)
+    plan = geometry((300, 1000), 6, ps.slots)
+    assert plan.d < 1000 and plan.col_blocks > 1
+    ck = ClientKeys.generate(ps, rotation_steps(plan.d, plan.b))
+    sk = ServerKeys.from_bundle(ck.public_bundle(), (ps.name,))
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn((300, 1000), generator=g, dtype=torch.float64) * 0.03
+    x = torch.randn((6, 1000), generator=g, dtype=torch.float64)
+    xr = torch.round(x * 2 ** 16).to(torch.int64)
+    x_s = torch.randint(-2 ** 40, 2 ** 40, xr.shape, generator=g)
+    chans = memory_pair((Meter("client"), Meter("server")))
+    party = [SimpleNamespace(frac_bits=16, channel=c) for c in chans]
+    mat = BlockMatrix(w.numpy(), plan, ps, sk.context)
+    y_c, y_s = run_pair(lambda: client_linear(party[0], ck, xr - x_s, (300, 1000), "t"),
+                        lambda: server_linear(party[1], sk, x_s, mat, None, "t"))
+    y = (y_c + y_s).to(torch.float64) / 2 ** 16
+    assert float((y - x @ w.t()).abs().max()) < 1e-3
