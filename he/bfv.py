@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import tenseal.sealapi as sa
 
+from he.flood import add_flood, dynarray, framed
 from he.keys import HeContextError, from_bytes, to_bytes
 from he.params import HeParamError, check_modulus_bits
 
@@ -132,41 +133,13 @@ def bfv_context(ps: BfvParams):
     return ctx
 
 
-# SEAL 4 serialisation (compression "none"): a 16-byte header, the members, and the data
-# as a DynArray that carries its own header.
-def _header(size: int) -> bytes:
-    return struct.pack("<HBBBBHQ", 0xA15E, 16, 4, 3, 0, 0, size)
-
-
-def _framed(body: bytes) -> bytes:
-    return _header(16 + len(body)) + body
-
-
-def _dynarray(values: np.ndarray) -> bytes:
-    return _framed(struct.pack("<Q", values.size) + values.astype("<u8").tobytes())
-
-
 def plaintext(context, coeffs: np.ndarray):
     """A BFV plaintext with the given coefficients (integers in [0, t))."""
     n = context.first_context_data().parms().poly_modulus_degree()
     body = struct.pack("<4QQd", 0, 0, 0, 0, n, 1.0)
     full = np.zeros(n, dtype=np.uint64)
     full[:len(coeffs)] = coeffs
-    return from_bytes(sa.Plaintext, context, _framed(body + _dynarray(full)), "plaintext")
-
-
-def _flood(context, parms_id, bits: int):
-    """The ciphertext (E, 0), E uniform in [-2^bits, 2^bits) per coefficient."""
-    data = context.get_context_data(parms_id)
-    primes = [m.value() for m in data.parms().coeff_modulus()]
-    n = data.parms().poly_modulus_degree()
-    e = [secrets.randbits(bits + 1) - (1 << bits) for _ in range(n)]
-    polys = np.zeros((2, len(primes), n), dtype=np.uint64)
-    for i, p in enumerate(primes):
-        polys[0, i] = np.fromiter((v % p for v in e), dtype=np.uint64, count=n)
-    body = (struct.pack("<4Q", *parms_id) + b"\0" + struct.pack("<QQQdQ", 2, n, len(primes), 1.0, 1)
-            + _dynarray(polys.reshape(-1)))
-    return from_bytes(sa.Ciphertext, context, _framed(body), "flood")
+    return from_bytes(sa.Plaintext, context, framed(body + dynarray(full)), "plaintext")
 
 
 @dataclass
@@ -237,7 +210,7 @@ class BfvServerKeys:
         sa.Encryptor(self.context, self.public_key).encrypt_zero(out.parms_id(), zero)
         ev.add_inplace(out, zero)
         if flood_bits:
-            ev.add_inplace(out, _flood(self.context, out.parms_id(), flood_bits))
+            add_flood(self.context, out, flood_bits)
         if switch:
             ev.mod_switch_to_next_inplace(out)
         return out

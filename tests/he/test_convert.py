@@ -35,7 +35,7 @@ def test_declared_statistical_parameter():
     assert int(np.abs(r).max()) > 2 ** (F + convert.MASK_BITS - 1)     # the width is used
 
 
-def test_ckks_to_shares_is_exact_at_the_declared_range(keys):
+def test_ckks_to_shares_is_within_the_declared_error_at_the_declared_range(keys):
     ck, sk = keys
     rng = np.random.default_rng(1)
     w = np.eye(D) * 2 ** convert.Y_BITS                    # outputs at the edge: |y| = 64
@@ -44,7 +44,8 @@ def test_ckks_to_shares_is_exact_at_the_declared_range(keys):
         out, s_share = convert.ckks_to_shares_server(sk, _product(keys, w, x), D, F)
         c_share = convert.ckks_to_shares_client(ck, out, D, F)
         want = torch.from_numpy(np.round(w @ x * 2 ** F).astype(np.int64))
-        assert int((c_share + s_share - want).abs().max()) <= 2
+        err = (c_share + s_share - want).abs().max().item() / 2 ** F
+        assert err <= convert.CONVERSION_ERROR and err > 2 ** -F     # the low-bit flood shows
 
 
 def test_shares_to_ckks_round_trip(keys):
