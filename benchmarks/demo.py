@@ -1,6 +1,6 @@
 """``make demo``: a dealer, a server and clients as separate processes with mutual TLS on
-loopback; the digits MLP and CNN under ``plaintext``, ``mpc`` and ``he`` on a few test images;
-one side-by-side table.
+loopback; the digits MLP and CNN under ``plaintext``, ``mpc``, ``he`` and ``hybrid`` on a few
+test images; one side-by-side table.
 
     python -m benchmarks demo [--images 5] [--models digits-mlp,digits-cnn]
 """
@@ -19,6 +19,8 @@ from benchmarks.sessions import ERROR_BUDGET, run_session
 from client.reference import plaintext_forward
 from models.digits import as_model_input, load_split
 from models.registry import get_model
+
+PROTOCOLS = ("plaintext", "mpc", "he", "hybrid")
 
 
 def main(argv=None) -> None:
@@ -39,10 +41,10 @@ def main(argv=None) -> None:
             xs = [as_model_input(spec, X_test[i:i + 1]) for i in range(args.images)]
             print(f"[demo] starting dealer and server for {model} (mTLS, separate processes)",
                   flush=True)
-            with Deployment(model, ["plaintext", "mpc", "he"], certs=work / "certs") as dep:
+            with Deployment(model, list(PROTOCOLS), certs=work / "certs") as dep:
                 print(f"[demo]   dealer {dep.dealer_address}, server {dep.server_address}",
                       flush=True)
-                for protocol in ("plaintext", "mpc", "he"):
+                for protocol in PROTOCOLS:
                     ys, rec = run_session(dep, model, protocol, xs, work)
                     y = torch.cat(ys)
                     ref = torch.cat([plaintext_forward(spec, weights, x, repeats=1)[0] for x in xs])

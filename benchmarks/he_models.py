@@ -29,6 +29,7 @@ from benchmarks.records import append_records, base_record, human_bytes, read_re
 from benchmarks.sessions import finish_record, median_of_sessions, run_session
 from models.digits import as_model_input, load_split
 from models.registry import get_model
+from mpc.ops import PlanOps
 
 
 def bench(model: str, repeats: int, pool: int, work: Path) -> list[dict]:
@@ -116,6 +117,15 @@ def layer_records(model: str, seq: int = 32) -> list[dict]:
     x = model_input(model, seq)
     depth = 2 if model == "minilm" else 1
     extra = {"seq_len": seq, "blocks_summed": 6} if model == "minilm" else {}
+    planner = PlanOps(spec.params, 16)
+    spec.forward(planner, PlanOps.tensor(x.shape))
+    used_at = planner.const_scopes         # weight -> the op scope that uses it
+
+    def name_of(scope):
+        key = scope.removeprefix("weights.") + ".weight"
+        if scope.startswith("weights.") and key in used_at:
+            return _layer_of(used_at[key], depth)
+        return _layer_of(scope, depth)
     out = []
     for protocol in PROTOCOLS:
         roles: dict = {}
@@ -134,7 +144,7 @@ def layer_records(model: str, seq: int = 32) -> list[dict]:
                 for scope, c in meter.scopes(phase).items():
                     if scope == "dealer":
                         continue
-                    d = cell(_layer_of(scope, depth))
+                    d = cell(name_of(scope))
                     if scope.startswith("dealer."):
                         d["dealer_bytes"] += c.payload_received
                     elif phase == "online":
@@ -145,18 +155,16 @@ def layer_records(model: str, seq: int = 32) -> list[dict]:
                         d["offline_bytes"] += c.payload_sent
             for scope, secs in cm.scope_seconds(phase).items():
                 if scope and not scope.startswith("dealer") and scope in cm.scopes(phase):
-                    cell(_layer_of(scope, depth))[f"{phase}_s"] += secs
+                    cell(name_of(scope))[f"{phase}_s"] += secs
         client = roles["client"]
-        if protocol == "mpc":
-            for key, shape in client.needs.constants:     # the masked weights F it keeps
-                cell(_layer_of("weights." + key.removesuffix(".weight"), depth))["storage"] += \
-                    8 * math.prod(shape)
-        elif protocol == "hybrid":
+        for key, shape in client.needs.constants:         # the masked weights F it keeps
+            cell(_layer_of(used_at[key], depth))["storage"] += 8 * math.prod(shape)
+        if protocol == "hybrid":
             for name, info in client.layers.items():
                 cell(_layer_of(info["scope"] or name, depth))["storage"] += \
                     8 * info["rows"] * info["matrix"][0]
             cell("keys")["storage"] += client.key_bytes
-        else:
+        elif protocol == "he":
             cell("keys")["storage"] += client.key_bytes
         for name, d in layers.items():
             total = d["online_bytes"] + d["offline_bytes"] + d["dealer_bytes"]

@@ -5,22 +5,24 @@ CKKS -> shares (the server holds Enc(y), the client the secret key):
      so t = r / 2^f is a multiple of one ulp) and an imaginary part of the same width;
   2. it adds the complex mask t + i t' at the ciphertext's level and scale, re-randomises
      with a fresh encryption of zero (public key), and floods the low bits: E uniform in
-     +-2^LOW_FLOOD_BITS in every coefficient (``he.flood``). The mask's coefficients are
-     about 2^(34+40) wide but float64 encoding leaves their lowest ~2^22 empty, where the
+     +-2^low_flood_bits in every coefficient (``he.flood``). The mask's coefficients are
+     about 2^(32+40) wide but float64 encoding leaves their lowest ~2^20 empty, where the
      weight-dependent noise (2^13 to 2^17) would show; E fills exactly that gap, so the
      decryption holds y + t in the real parts and t' in the imaginary parts of the slots
      with no trace of how y was computed (estimated statistical distance per coefficient
-     about 2^17 / 2^74, from the mask's width);
+     about 2^17 / 2^72, from the mask's width);
   3. the client decrypts and rounds (y + t) 2^f to its share; the server's share is -r.
 Communication: one ciphertext to the client. The sum is round(y 2^f) up to the flood's
-error: E spreads over the slots as about 2^LOW_FLOOD_BITS sqrt(N) / scale, measured at most
-6e-4 (about 40 ulps at f = 16) per element.
+error: E spreads over the slots as about 2^low_flood_bits sqrt(N) / scale, at most
+CONVERSION_ERROR = 3e-4 (about 20 ulps at f = 16) per element.
 Leaks (statistical, declared): the client sees y + t with t uniform over 2^(MASK_BITS+1)
 value units, so for |y| <= 2^Y_BITS the statistical distance between two values of y is
-at most 2^(Y_BITS - MASK_BITS) per element: SIGMA = MASK_BITS - Y_BITS = 28 bits with
-MASK_BITS = 34, Y_BITS = 6. It adds up linearly over the elements an inference converts
-(2^-28 each). The mask cannot be wider: float64 decoding loses a bit per bit of magnitude,
-and past about 2^34 value units the decode error exceeds one ulp at f = 16.
+at most 2^(Y_BITS - MASK_BITS) per element: SIGMA = MASK_BITS - Y_BITS = 26 bits with
+MASK_BITS = 32, Y_BITS = 6. It adds up linearly over the elements an inference converts
+(2^-26 each). The mask cannot be much wider: float64 decoding loses a bit per bit of
+magnitude, past about 2^34 value units the decode error exceeds one ulp at f = 16, and the
+low-bit flood below grows with the mask (2^34 costs 4x the error of 2^32: 6e-4 against
+1.5e-4 at most per element, measured).
 
 shares -> CKKS (the reverse, needed by ``he`` after a 2PC step), x = x_c + x_s:
   1. the server draws the same kind of mask r and sends x_s + r (ring) to the client;
@@ -40,12 +42,12 @@ import torch
 
 from he.flood import add_flood
 
-MASK_BITS = 34          # |t| < 2^34 value units
+MASK_BITS = 32          # |t| < 2^32 value units
 Y_BITS = 6              # values converted must satisfy |y| <= 2^6
 SIGMA = MASK_BITS - Y_BITS
 FLOAT_BITS = 52         # float64 mantissa: the encoder's resolution below the mask
-CONVERSION_ERROR = 1e-3  # |error| per CKKS -> shares element (the flood's spread, 1.4e-4
-                         # standard deviation at N = 8192, scale 2^40, is 7 sigma below it)
+CONVERSION_ERROR = 3e-4  # |error| per CKKS -> shares element (the flood's spread, 3.6e-5
+                         # standard deviation at N = 8192, scale 2^40, is 8 sigma below it)
 
 
 def low_flood_bits(scale_bits: int) -> int:

@@ -12,7 +12,7 @@ go side by side, ``per_ct`` per ciphertext.
   4. server -> client: the masked ciphertexts; the client decrypts and rounds its share.
 Communication: 3 messages in sequence (one ring vector, then the ciphertexts each way);
 no dealer material. Leaks (statistical, declared in ``he.convert``): the client sees
-x + t and W x + t', each element hidden with SIGMA = 28 bits; the server sees
+x + t and W x + t', each element hidden with SIGMA = 26 bits; the server sees
 ciphertexts and uniform shares only.
 """
 

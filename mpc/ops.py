@@ -231,6 +231,7 @@ class PlanOps(_ScopedOps):
         self.compare = compare or CompareConfig()
         self.items: list[Need] = []
         self.constants: dict[str, tuple[int, ...]] = {}
+        self.const_scopes: dict[str, str] = {}          # where each constant is first used
 
     @staticmethod
     def tensor(shape):
@@ -246,6 +247,7 @@ class PlanOps(_ScopedOps):
         if key not in self.param_shapes:
             raise KeyError(f"no weights for layer {layer!r}")
         self.constants.setdefault(key, tuple(self.param_shapes[key]))
+        self.const_scopes.setdefault(key, self._scope)
         return self.param_shapes[key]
 
     def linear(self, x, layer):

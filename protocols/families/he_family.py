@@ -15,7 +15,7 @@ lookup) run as under ``mpc``: their weights are opened once under constant-opera
 and their products use dealer material. Decoders raise a clear error at plan time.
 Leaks: to the server, nothing beyond the public shapes; to the client, the output, and for
 every linear layer its input and output each masked by a bounded uniform mask (statistical
-parameter SIGMA = 28 bits per element, ``he.convert``; |values| must stay <= 2^6).
+parameter SIGMA = 26 bits per element, ``he.convert``; |values| must stay <= 2^6).
 Trust: semi-honest parties; CKKS at 128-bit security (``he.params``); a dealer that does
 not collude with either party for the non-linear material and the 2PC-routed layers.
 """

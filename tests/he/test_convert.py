@@ -29,7 +29,7 @@ def _product(keys, w, x):
 
 
 def test_declared_statistical_parameter():
-    assert convert.SIGMA == convert.MASK_BITS - convert.Y_BITS == 28
+    assert convert.SIGMA == convert.MASK_BITS - convert.Y_BITS == 26
     r = convert.mask_ring(20000, F)
     assert int(np.abs(r).max()) < 2 ** (F + convert.MASK_BITS)
     assert int(np.abs(r).max()) > 2 ** (F + convert.MASK_BITS - 1)     # the width is used
@@ -73,7 +73,7 @@ def test_two_weight_matrices_with_equal_outputs_cannot_be_told_apart(keys):
     """W2 = W1 + u v^T with v orthogonal to x: W1 x = W2 x. The BSGS packing leaves no
     partial sums outside the result (only noise, which is what the imaginary-part attack
     of REFERENCES.md feeds on); after masking and re-randomisation every slot, imaginary
-    parts included, is covered by a uniform mask of width 2^35, and the difference between
+    parts included, is covered by a uniform mask of width 2^33, and the difference between
     W1's and W2's returns is no larger than between two returns of W1."""
     rng = np.random.default_rng(3)
     x = rng.normal(0, 1, D)
@@ -92,7 +92,7 @@ def test_two_weight_matrices_with_equal_outputs_cannot_be_told_apart(keys):
 
     across = np.abs(protected(c1)[D:] - protected(c2)[D:])
     within = np.abs(protected(c1)[D:] - protected(_product(keys, w1, x))[D:])
-    # both are differences of independent uniform masks of width 2^35: same scale
+    # both are differences of independent uniform masks of width 2^33: same scale
     assert 0.5 < np.median(across) / np.median(within) < 2.0
     assert np.median(np.abs(protected(c1).imag)) > 2 ** 30
 
