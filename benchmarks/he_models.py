@@ -252,11 +252,15 @@ def main(argv=None) -> None:
 
 def rewrite_markdown(out: Path) -> str:
     """he.md from the latest record of each kind in he.jsonl (matmul, models, layers)."""
-    matmul, models, per_layer = {}, {}, {}
+    matmul, models, per_layer, newest_git = {}, {}, {}, {}
     for r in read_records(out / "he.jsonl", "he"):
         if r.get("op") == "matmul":
             matmul[(tuple(r["params"]["shape"]), r["method"])] = r
         elif r.get("method") == "per-layer":
+            if r["git"] != newest_git.setdefault(r["model"], r["git"]):
+                # a newer run of this model's layers replaces the older one entirely
+                per_layer = {k: v for k, v in per_layer.items() if k[0] != r["model"]}
+                newest_git[r["model"]] = r["git"]
             per_layer[(r["model"], r["protocol"], r["params"]["layer"])] = r
         elif r.get("model"):
             models[(r["model"], r["protocol"])] = r
