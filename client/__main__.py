@@ -25,6 +25,7 @@ from client.api import DEFAULT_STORE, PrivateInference
 from client.reference import fidelity, plaintext_forward
 from client.report import metrics_table
 from models.digits import as_model_input, load_split
+from models.equivariant import EeKey, EeKeyError
 from models.registry import MODELS, get_model
 from models.spec import WeightsError
 from protocols import config as config_mod
@@ -63,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                                               "prompt (a multiple of 16)")
     p.add_argument("--repeat", type=int, default=1,
                    help="run the same input N times in one session (offline made for all N)")
+    p.add_argument("--ee-key", type=Path, metavar="FILE",
+                   help="ee: the deployment's key from its owner (python -m server.ee_owner)")
     p.add_argument("--json", type=Path, help="write the run's record (JSON) to this file")
     p.add_argument("--no-reference", action="store_true",
                    help="do not compute the plaintext reference (needs the weights locally)")
@@ -146,17 +149,29 @@ def main(argv=None) -> int:
     spec = get_model(args.model)
     x, label = load_input(args, spec)
     files = tls_from_args(args, "client")
+    ee_key = None
+    if args.protocol == "ee" or args.ee_key:
+        if not args.ee_key:
+            print("error: --protocol ee needs --ee-key FILE (from the model's owner)",
+                  file=sys.stderr)
+            return 1
+        try:
+            ee_key = EeKey.load(args.ee_key)
+        except EeKeyError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     session = PrivateInference(model=args.model, protocol=args.protocol, server=args.server,
                                dealer=args.dealer, tls=files, config=cfg,
                                inferences=args.repeat, store_root=args.store,
                                seq_len=x.shape[1] if spec.seq_buckets else None,
-                               new_tokens=args.max_new_tokens if spec.decoder else 0)
+                               new_tokens=args.max_new_tokens if spec.decoder else 0,
+                               ee_key=ee_key)
     try:
         with session:
             session.offline()
             for _ in range(args.repeat):
                 y = session.infer(x)
-    except (HandshakeError, ConnectionError, PeerError, MaterialError) as exc:
+    except (HandshakeError, ConnectionError, PeerError, MaterialError, EeKeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     record = session.record()

@@ -37,8 +37,9 @@ class PrivateInference:
                  tls: tls_mod.TlsFiles | None = None, config: Config | None = None,
                  batch: int = 1, inferences: int = 1, store_root: Path = DEFAULT_STORE,
                  connect_timeout: float = 10.0, seq_len: int | None = None,
-                 new_tokens: int = 0):
+                 new_tokens: int = 0, ee_key=None):
         self.spec = get_model(model)
+        self.ee_key = ee_key
         self.family = get_family(protocol)
         self.server_target = server
         self.dealer_target = dealer
@@ -103,7 +104,7 @@ class PrivateInference:
                           meter=self.meter, session_id=self.session_id,
                           input_shape=self.input_shape, inferences=self.inferences,
                           store_root=self.store_root, dealer_connect=self._connect_dealer,
-                          new_tokens=self.new_tokens)
+                          new_tokens=self.new_tokens, ee_key=self.ee_key)
         self._role = self.family.client(ctx)
 
     def _connect_dealer(self):

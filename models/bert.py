@@ -53,6 +53,12 @@ class BertConfig:
     normalize: RsqrtParams = RsqrtParams(lo=-14, hi=14, iterations=3)
 
 
+def bert_arch(cfg: BertConfig) -> dict:
+    """What the equivariant transform (``models.equivariant``) needs to know."""
+    return {"kind": "bert", "vocab": cfg.vocab, "d": cfg.d, "layers": cfg.layers,
+            "heads": cfg.heads, "ffn": cfg.ffn}
+
+
 def bert_params(cfg: BertConfig) -> dict[str, tuple[int, ...]]:
     d = cfg.d
     p = {"embed.weight": (d, cfg.vocab), "pos": (cfg.max_pos, d), "type0": (d,),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from models.bert import BertConfig, bert_params, make_forward
+from models.bert import BertConfig, bert_arch, bert_params, make_forward
 from models.minilm import BUCKETS
 from models.spec import ModelSpec
 
@@ -29,4 +29,4 @@ def random_weights(path=None, seed: int = 0) -> dict[str, torch.Tensor]:
 BERT_BASE_SHAPE = ModelSpec(
     name="bert-base-shape", input_shape=(BUCKETS[-1], CONFIG.vocab), params=bert_params(CONFIG),
     forward=make_forward(CONFIG), weights_file=Path("random"), task="embedding",
-    seq_buckets=BUCKETS, loader=random_weights)
+    seq_buckets=BUCKETS, loader=random_weights, notes={"ee": bert_arch(CONFIG)})

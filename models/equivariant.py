@@ -115,7 +115,14 @@ class EeKey:
         out[..., self.hidden] = y
         return out
 
+    def decrypt_logits(self, y: torch.Tensor) -> torch.Tensor:
+        """Logits (..., V) in the host's vocabulary order -> the model's order."""
+        out = torch.empty_like(y)
+        out[..., self.vocab] = y
+        return out
+
     def decrypt_token(self, token: int) -> int:
+        """A token id the host generated (permuted) -> the real token id."""
         return int(self.vocab[token])
 
     def fingerprint(self) -> str:

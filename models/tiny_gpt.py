@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from models.decoding import decode, prompt_length, prompt_rows, step_rows
-from models.gpt import GptConfig, forward, gpt_params
+from models.gpt import GptConfig, forward, gpt_arch, gpt_params
 from models.spec import WEIGHTS_DIR, ModelSpec
 from models.train_tiny_gpt import CFG
 
@@ -77,4 +77,4 @@ def _forward(ops, x):
 TINY_GPT = ModelSpec(
     name="tiny-gpt", input_shape=(BUCKETS[-1], CFG.vocab + CFG.ctx), params=gpt_params(CFG),
     forward=_forward, weights_file=WEIGHTS_DIR / "tiny-gpt.safetensors", task="generation",
-    seq_buckets=BUCKETS, decoder=TinyGptDecoder(CFG))
+    seq_buckets=BUCKETS, decoder=TinyGptDecoder(CFG), notes={"ee": gpt_arch(CFG)})

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from protocols.families.base import Family
+from protocols.families.equivariant import EquivariantFamily
 from protocols.families.he_family import HeFamily
 from protocols.families.hybrid import HybridFamily
 from protocols.families.plaintext import PlaintextFamily
 from protocols.families.secret_sharing import SecretSharingFamily
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (PlaintextFamily(), SecretSharingFamily(),
-                                                   HeFamily(), HybridFamily())}
+                                                   HeFamily(), HybridFamily(),
+                                                   EquivariantFamily())}
 
 
 def get_family(name: str) -> Family:

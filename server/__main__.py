@@ -21,6 +21,7 @@ from protocols import config as config_mod
 from protocols.endpoints import add_run_args, add_tls_args, make_server, tls_from_args
 from protocols.registry import FAMILIES, get_family
 from protocols.wire import pinfer_pb2_grpc as rpc
+from server.ee_owner import load_deployment
 from server.service import PartyServicer
 
 DEFAULT_STORE = Path(".pinfer/store")
@@ -37,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dealer", metavar="HOST:PORT",
                    help="the dealer process (needed by protocols that use one, e.g. mpc)")
     p.add_argument("--weights", type=Path, help="safetensors file (default: the model's own)")
+    p.add_argument("--ee-deployment", type=Path, metavar="DIR",
+                   help="ee: the owner's deployment (python -m server.ee_owner); the host "
+                        "then holds only the transformed weights and serves only ee")
     p.add_argument("--store", type=Path, default=DEFAULT_STORE,
                    help=f"directory for preprocessing material (owner-only; default {DEFAULT_STORE})")
     add_run_args(p)
@@ -51,14 +55,21 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     spec = get_model(args.model)
     families = {name: get_family(name) for name in args.protocol.split(",") if name}
-    weights = spec.load_weights(args.weights)
+    deployment = None
+    if args.ee_deployment or "ee" in families:
+        if set(families) != {"ee"} or not args.ee_deployment:
+            raise SystemExit("error: an ee host serves only --protocol ee, from "
+                             "--ee-deployment DIR (python -m server.ee_owner makes one)")
+        weights, deployment = load_deployment(spec, args.ee_deployment)
+    else:
+        weights = spec.load_weights(args.weights)
     files = tls_from_args(args, "server")
     if any(f.uses_dealer for f in families.values()) and not args.dealer:
         raise SystemExit("error: protocol(s) "
                          f"{[n for n, f in families.items() if f.uses_dealer]} need --dealer HOST:PORT")
     servicer = PartyServicer(spec=spec, weights=weights, families=families, config=cfg,
                              store_root=args.store, dealer_target=args.dealer, dealer_tls=files,
-                             insecure=files is None)
+                             insecure=files is None, ee_deployment=deployment)
     server, port = make_server(files, cfg.transport, args.port, args.host)
     rpc.add_PartyServicer_to_server(servicer, server)
     server.start()

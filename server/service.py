@@ -37,8 +37,10 @@ def peak_rss_bytes() -> int:
 
 class PartyServicer(rpc.PartyServicer):
     def __init__(self, *, spec, weights, families: dict, config: Config, store_root,
-                 dealer_target: str | None, dealer_tls: tls.TlsFiles | None, insecure: bool):
+                 dealer_target: str | None, dealer_tls: tls.TlsFiles | None, insecure: bool,
+                 ee_deployment: str | None = None):
         self.spec = spec
+        self.ee_deployment = ee_deployment
         self.weights = weights
         self.families = families
         self.config = config
@@ -88,7 +90,7 @@ class PartyServicer(rpc.PartyServicer):
                             transport=self.config.transport)
         ctx = RoleContext(spec=self.spec, config=self.config, channel=chan, meter=meter,
                           session_id=sid, input_shape=shape, inferences=inferences,
-                          new_tokens=new_tokens,
+                          new_tokens=new_tokens, ee_deployment=self.ee_deployment,
                           store_root=self.store_root,
                           dealer_connect=(lambda: self._connect_dealer(meter, sid)))
         threading.Thread(target=self._run, args=(family, ctx), daemon=True,

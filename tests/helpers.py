@@ -36,7 +36,7 @@ class InProcessDealer:
 
 
 def make_contexts(spec, input_shape, tmp_path, *, config=None, inferences=1, session_id="s1",
-                  new_tokens=0):
+                  new_tokens=0, ee_key=None, ee_deployment=None):
     """Client and server RoleContexts joined by an in-memory channel and a dealer."""
     config = config or Config()
     meters = (Meter("client"), Meter("server"))
@@ -46,7 +46,8 @@ def make_contexts(spec, input_shape, tmp_path, *, config=None, inferences=1, ses
                         session_id=session_id, input_shape=tuple(input_shape),
                         inferences=inferences, store_root=tmp_path / "store",
                         dealer_connect=dealer.connect_for(meters[i], session_id),
-                        new_tokens=new_tokens)
+                        new_tokens=new_tokens, ee_key=ee_key if i == 0 else None,
+                        ee_deployment=ee_deployment if i == 1 else None)
             for i in range(2)]
     return ctxs[0], ctxs[1], dealer
 

@@ -38,6 +38,8 @@ class RoleContext:
     store_root: Path | None = None
     dealer_connect: Callable[[], Channel] | None = None   # opens a metered link to the dealer
     new_tokens: int = 0                    # decoders: tokens generated per inference (public)
+    ee_key: object | None = None           # ee, client: the deployment's key
+    ee_deployment: str | None = None       # ee, host: the deployment id it serves
 
 
 class Role(abc.ABC):

@@ -43,7 +43,7 @@ class PlaintextServer(ServerRole):
         ch = self.ctx.channel
         ch.begin_epoch()
         with ch.meter.in_phase("online"):
-            x = ch.recv("plain.input")
+            x = self._recv_input()
             if x.dtype != torch.float64 or tuple(x.shape) != tuple(self.ctx.input_shape):
                 raise ValueError(f"plaintext input of {x.dtype} {tuple(x.shape)}; expected "
                                  f"float64 {tuple(self.ctx.input_shape)}")
@@ -51,7 +51,13 @@ class PlaintextServer(ServerRole):
                 raise ValueError("plaintext input holds NaN or inf")
             with torch.no_grad():
                 y = self._run(x)
-            ch.send("plain.output", y)
+            self._send_output(y)
+
+    def _recv_input(self):
+        return self.ctx.channel.recv("plain.input")
+
+    def _send_output(self, y):
+        self.ctx.channel.send("plain.output", y)
 
     def _run(self, x):
         dec = self.ctx.spec.decoder

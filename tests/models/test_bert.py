@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.bert import BertConfig, bert_params, make_forward
+from models.bert import BertConfig, bert_arch, bert_params, make_forward
 from models.minilm import MINILM, Tokenizer, load_weights, package_dir
 from models.spec import ModelSpec
 from protocols.config import Config
@@ -100,7 +100,8 @@ TINY = BertConfig(vocab=40, d=16, layers=2, heads=2, ffn=32, max_pos=32)
 
 def tiny_spec():
     return ModelSpec("tiny-bert", (16, TINY.vocab), bert_params(TINY), make_forward(TINY),
-                     Path("/nonexistent"), task="embedding", seq_buckets=(8, 16))
+                     Path("/nonexistent"), task="embedding", seq_buckets=(8, 16),
+                     notes={"ee": bert_arch(TINY)})
 
 
 def tiny_weights(seed=0):
