@@ -225,3 +225,33 @@ def test_he_protocols_over_grpc(tmp_path, protocol, rounds):
     assert rec["fidelity"]["max_abs_error"] < ERROR_BUDGET[MODEL]
     assert rec["online"]["rounds"] == rounds and rec["offline"]["bytes_sent"] > 1_000_000
     assert rec["dealer"] == "separate-process" and "linear layers" in rec["dealer_for"]
+
+
+def test_ee_owner_host_and_client_over_grpc(tmp_path):
+    """The owner makes a deployment; the host serves only its transformed weights; a client
+    with the key gets plaintext's embedding; a client with another deployment's key is
+    refused with a clear error; a host without a deployment refuses to serve ee."""
+    key, other = tmp_path / "client.key", tmp_path / "other.key"
+    for d, k in ((tmp_path / "deploy", key), (tmp_path / "deploy2", other)):
+        res = subprocess.run([sys.executable, "-m", "server.ee_owner", "--model", "minilm",
+                              "--host-dir", str(d), "--client-key", str(k)],
+                             cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+    bad = subprocess.run([sys.executable, "-m", "server", "--model", "minilm", "--protocol",
+                          "ee", "--insecure"], cwd=REPO, capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode != 0 and "--ee-deployment" in bad.stderr
+    with Deployment("minilm", ["ee"], certs=tmp_path / "certs", workdir=tmp_path,
+                    extra_server_args=["--ee-deployment", str(tmp_path / "deploy")]) as d:
+        base = [sys.executable, "-m", "client", "--model", "minilm", "--protocol", "ee",
+                "--server", d.server_address, "--certs", str(d.certs), "--text",
+                "the host runs a transformed model"]
+        ok = subprocess.run(base + ["--ee-key", str(key), "--json", str(tmp_path / "r.json")],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+        wrong = subprocess.run(base + ["--ee-key", str(other)], cwd=REPO, capture_output=True,
+                               text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    rec = json.loads((tmp_path / "r.json").read_text())
+    assert rec["fidelity"]["max_abs_error"] < 1e-4 and rec["fidelity"]["cosine"] > 0.999999
+    assert rec["dealer"] in ("none", "") and "dealer_for" not in rec
+    assert wrong.returncode == 1 and "the host serves deployment" in wrong.stderr
