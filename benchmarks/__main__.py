@@ -1,4 +1,4 @@
-"""``python -m benchmarks <name>``: demo, foundation, ring-speed."""
+"""``python -m benchmarks <name>``: every benchmark by name (run with no name for the list)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ def main(argv=None) -> None:
              "relu-models": "benchmarks.relu_models",
              "transformers": "benchmarks.transformers", "decoding": "benchmarks.decoding",
              "kv-eviction": "benchmarks.kv_eviction", "he-matmul": "benchmarks.he_matmul",
-             "he-models": "benchmarks.he_models"}
+             "he-models": "benchmarks.he_models", "ee": "benchmarks.ee",
+             "ee-attacks": "benchmarks.ee_attacks"}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in names:
         print("usage: python -m benchmarks {" + ",".join(names) + "} [options]\n\n"
               "  demo        dealer, server and client on loopback (mTLS), digits models under\n"
@@ -29,7 +30,9 @@ def main(argv=None) -> None:
               "  decoding    tiny-gpt private decoding: per-token cost by context length\n"
               "  kv-eviction KV-cache eviction policies: plaintext accuracy, mpc cost per step\n"
               "  he-matmul   CKKS vector x plaintext matrix: TenSEAL's matmul against our BSGS\n"
-              "  he-models   digits models under mpc and he, real processes\n"
+              "  he-models   digits models and MiniLM under mpc, he and hybrid\n"
+              "  ee          equivariant encryption: host speed, exactness, client/owner costs\n"
+              "  ee-attacks  attacks on ee from the host's position, recovery rates\n"
               "Each takes --help.")
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
     module = __import__(names[argv[0]], fromlist=["main"])
