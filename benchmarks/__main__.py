@@ -15,7 +15,8 @@ def main(argv=None) -> None:
              "transformers": "benchmarks.transformers", "decoding": "benchmarks.decoding",
              "kv-eviction": "benchmarks.kv_eviction", "he-matmul": "benchmarks.he_matmul",
              "he-models": "benchmarks.he_models", "ee": "benchmarks.ee",
-             "ee-attacks": "benchmarks.ee_attacks"}
+             "ee-attacks": "benchmarks.ee_attacks", "run": "benchmarks.harness",
+             "report": "benchmarks.report"}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in names:
         print("usage: python -m benchmarks {" + ",".join(names) + "} [options]\n\n"
               "  demo        dealer, server and client on loopback (mTLS), digits models under\n"
@@ -33,6 +34,8 @@ def main(argv=None) -> None:
               "  he-models   digits models and MiniLM under mpc, he and hybrid\n"
               "  ee          equivariant encryption: host speed, exactness, client/owner costs\n"
               "  ee-attacks  attacks on ee from the host's position, recovery rates\n"
+              "  run         every protocol on models and networks: one record per run\n"
+              "  report      summary.md and plots from the records of `run`\n"
               "Each takes --help.")
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
     module = __import__(names[argv[0]], fromlist=["main"])

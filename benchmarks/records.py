@@ -147,3 +147,37 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     for row in rows:
         lines.append("| " + " | ".join(_fmt(_lookup(row, k), k) for _, k in columns) + " |")
     return "\n".join(lines)
+
+
+SESSION_FIELDS = {"bench": str, "model": str, "protocol": str, "method": str, "params": dict,
+                  "offline": dict, "online": dict, "parties": dict, "total_bytes": (int, float),
+                  "frame_bytes": (int, float), "client_storage_bytes": (int, float),
+                  "inferences_per_session": int, "plaintext_seconds": float, "fidelity": dict,
+                  "dealer": str, "threads": int, "net": str, "config_digest": str,
+                  "machine": dict, "git": str, "version": str}
+PHASE_FIELDS = ("seconds", "bytes_sent", "bytes_received", "rounds")
+NETS = ("loopback", "proxy-lan", "proxy-wan", "model-lan", "model-wan")
+DEALERS = ("separate-process", "in-process-test", "tfp-party0", "none")
+
+
+def validate_session_record(r: dict) -> None:
+    """A session record against ARCHITECTURE.md's schema; raises ValueError naming the
+    first missing or ill-typed field."""
+    for name, kind in SESSION_FIELDS.items():
+        if name not in r:
+            raise ValueError(f"record lacks {name!r}")
+        if not isinstance(r[name], kind) or isinstance(r[name], bool) and kind is int:
+            raise ValueError(f"record field {name!r} is {type(r[name]).__name__}")
+    for phase in ("offline", "online"):
+        for f in PHASE_FIELDS:
+            if not isinstance(r[phase].get(f), (int, float)):
+                raise ValueError(f"record field {phase}.{f} missing or not a number")
+    for party in ("client", "server"):
+        if party not in r["parties"]:
+            raise ValueError(f"record lacks parties.{party}")
+    if r["net"] not in NETS:
+        raise ValueError(f"record net {r['net']!r} is not one of {NETS}")
+    if r["dealer"] not in DEALERS:
+        raise ValueError(f"record dealer {r['dealer']!r} is not one of {DEALERS}")
+    if r["net"].startswith("proxy") and not r.get("wire_bytes"):
+        raise ValueError("a proxy run must carry wire_bytes")

@@ -1,0 +1,47 @@
+"""``python -m benchmarks run`` and ``report`` on a tiny matrix, end to end: real processes,
+a shaped link, modelled links, schema-valid records, a table and a plot."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import harness, report
+from benchmarks.records import read_records, validate_session_record
+
+
+def test_a_tiny_matrix_end_to_end(tmp_path):
+    out = tmp_path / "results.jsonl"
+    harness.main(["--models", "digits-mlp", "--protocols", "plaintext,mpc,ee", "--net",
+                  "loopback,proxy-lan,model-wan", "--repeat", "1", "--out", str(out)])
+    recs = read_records(out, "summary")
+    assert sorted((r["net"], r["protocol"]) for r in recs) == sorted(
+        (n, p) for n in ("loopback", "proxy-lan", "model-wan") for p in ("plaintext", "mpc"))
+    for r in recs:
+        validate_session_record(r)
+        assert r["fidelity"]["top1_agree"] is True
+    by = {(r["net"], r["protocol"]): r for r in recs}
+    loop, wan = by[("loopback", "mpc")], by[("model-wan", "mpc")]
+    both = loop["online"]["bytes_sent"] + loop["parties"]["server"]["online"]["bytes_sent"]
+    want = loop["online"]["seconds"] + loop["online"]["rounds"] * 0.040 + both * 8 / 100e6
+    assert wan["online"]["seconds"] == pytest.approx(want)
+    assert wan["modelled"]["from"] == "loopback"
+    # bytes are exact: the shaped link carries the same payload, plus TLS/HTTP2 on the wire
+    prox = by[("proxy-lan", "mpc")]
+    assert prox["online"]["bytes_sent"] == loop["online"]["bytes_sent"]
+    assert prox["wire_bytes"] > prox["frame_bytes"] - prox["parties"]["dealer"]["offline"][
+        "bytes_sent"]
+    text = report.write_markdown(recs, tmp_path, str(out))
+    assert "| mpc | model-wan (modelled)" in text and "| mpc | proxy-lan (measured" in text
+    assert [p.name for p in report.plots(recs, tmp_path)] == ["summary_digits-mlp.png"]
+
+
+def test_schema_validation_names_the_problem():
+    rec = {"bench": "summary"}
+    with pytest.raises(ValueError, match="lacks 'model'"):
+        validate_session_record(rec)
+
+
+def test_unsupported_combinations_are_named():
+    assert "token models" in harness.unsupported("digits-cnn", "ee")
+    assert "decoders" in harness.unsupported("tiny-gpt", "hybrid")
+    assert harness.unsupported("minilm", "hybrid") is None
