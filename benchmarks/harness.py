@@ -149,7 +149,8 @@ def unsupported(model: str, protocol: str) -> str | None:
     return None
 
 
-def run(models, protocols, nets, repeat, seqs, work: Path, progress=print) -> list[dict]:
+def run(models, protocols, nets, repeat, seqs, work: Path, progress=print,
+        sink=None) -> list[dict]:
     combos = [(m, s) for m in models for s in (seqs if m == "minilm" else [None])]
     measured = [n for n in nets if n in NETS]
     if any(n in MODELLED for n in nets) and "loopback" not in measured:
@@ -174,9 +175,11 @@ def run(models, protocols, nets, repeat, seqs, work: Path, progress=print) -> li
                 if group == ["ee"]:
                     host, key = _ee_deployment(model, work)
                     extra = ["--ee-deployment", str(host)]
+                place = work / f"{model}-{seq}-{net}-{'-'.join(group)}"    # own proxy report
+                place.mkdir(parents=True, exist_ok=True)
                 with Deployment(model, group, certs=work / "certs", proxy=proxy is not None,
                                 proxy_args=proxy_args, extra_server_args=extra,
-                                workdir=work) as dep:
+                                workdir=place) as dep:
                     for protocol in group:
                         done += 1
                         progress(f"[run {done}/{total} {time.time() - t0:.0f}s] {model}"
@@ -186,11 +189,15 @@ def run(models, protocols, nets, repeat, seqs, work: Path, progress=print) -> li
                         if proxy is not None:       # per session, client <-> server link
                             _, after = _wire_total(dep, seen + repeat)
                             rec["wire_bytes"] = (after - before) / repeat
-                        out.append(base_record("summary", **rec, method=""))
+                        new = [base_record("summary", **rec, method="")]
                         if net == "loopback":
-                            out += [base_record("summary", **modelled(rec, n), method="")
+                            new += [base_record("summary", **modelled(rec, n), method="")
                                     for n in nets if n in MODELLED]
-    return [r for r in out if r["net"] in nets]
+                        new = [r for r in new if r["net"] in nets]
+                        if sink is not None:
+                            sink(new)                  # kept even if a later run fails
+                        out += new
+    return out
 
 
 def main(argv=None) -> None:
@@ -210,6 +217,6 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="pinfer-run-") as tmp:
         recs = run(args.models.split(","), args.protocols.split(","), nets, args.repeat,
-                   [int(s) for s in args.seqs.split(",")], Path(tmp))
-    append_records(args.out, recs)
+                   [int(s) for s in args.seqs.split(",")], Path(tmp),
+                   sink=lambda new: append_records(args.out, new))
     print(f"{len(recs)} records appended to {args.out}")
