@@ -38,9 +38,13 @@ from benchmarks.records import append_records, base_record
 from benchmarks.sessions import ERROR_BUDGET, read_wire
 from client.api import PrivateInference
 from client.reference import plaintext_forward
+from protocols.config import Config
 from models.registry import get_model
 
 NETS = {"loopback": None, "proxy-lan": (0.5, 1000.0), "proxy-wan": (40.0, 100.0)}
+# On the shaped WAN link, HTTP/2 keepalive pings queue behind bulk transfers (keys, the
+# dealer's material) and a 1 s ping timeout declares a live peer dead: WAN runs use 10 s.
+NET_SETTINGS = {"proxy-wan": ["transport.keepalive_ms=10000"]}
 MODELLED = {"model-lan": (0.5, 1000.0), "model-wan": (40.0, 100.0)}   # RTT ms, Mbit/s
 
 
@@ -55,10 +59,12 @@ def model_inputs(model: str, seq: int | None) -> torch.Tensor:
     return as_model_input(get_model(model), x_test[:1])
 
 
-def _session(dep, model, protocol, x, work, ee_key=None) -> tuple[torch.Tensor, dict]:
+def _session(dep, model, protocol, x, work, ee_key=None, settings=()) -> tuple[torch.Tensor, dict]:
     spec = get_model(model)
+    config = Config().with_overrides(list(settings)) if settings else None
     s = PrivateInference(model=model, protocol=protocol, server=dep.server_address,
                          dealer=dep.dealer_address, tls=dep.client_tls(), inferences=1,
+                         config=config,
                          store_root=work / "client-store", ee_key=ee_key,
                          seq_len=x.shape[1] if spec.seq_buckets else None)
     with s:
@@ -79,7 +85,8 @@ def _fidelity(spec, y, ref) -> dict:
 def measure(dep, model, protocol, x, repeat, work, net, ee_key=None) -> dict:
     """``repeat`` sessions; the median session's record with medians and spreads."""
     spec = get_model(model)
-    runs = [_session(dep, model, protocol, x, work, ee_key) for _ in range(repeat)]
+    runs = [_session(dep, model, protocol, x, work, ee_key, NET_SETTINGS.get(net, ()))
+            for _ in range(repeat)]
     recs = [r for _, r in runs]
     rec = recs[len(recs) // 2]
     for phase in ("offline", "online"):
@@ -92,7 +99,7 @@ def measure(dep, model, protocol, x, repeat, work, net, ee_key=None) -> dict:
     ref, plain_s = plaintext_forward(spec, spec.load_weights(), x)
     rec.update(plaintext_seconds=plain_s, fidelity=_fidelity(spec, runs[0][0], ref), net=net,
                threads=1, time_ratio=rec["online"]["seconds"] / plain_s)
-    rec["params"].update(repeats=repeat)
+    rec["params"].update(repeats=repeat, settings=list(NET_SETTINGS.get(net, [])))
     if x.dim() == 3:
         rec["params"]["seq_len"] = x.shape[1]
     return rec
@@ -171,10 +178,10 @@ def run(models, protocols, nets, repeat, seqs, work: Path, progress=print,
             for group in groups:
                 if not group:
                     continue
-                extra, key = [], None
+                extra, key = sum((["--set", o] for o in NET_SETTINGS.get(net, [])), []), None
                 if group == ["ee"]:
                     host, key = _ee_deployment(model, work)
-                    extra = ["--ee-deployment", str(host)]
+                    extra += ["--ee-deployment", str(host)]
                 place = work / f"{model}-{seq}-{net}-{'-'.join(group)}"    # own proxy report
                 place.mkdir(parents=True, exist_ok=True)
                 with Deployment(model, group, certs=work / "certs", proxy=proxy is not None,
