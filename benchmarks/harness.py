@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -222,8 +223,10 @@ def main(argv=None) -> None:
     if unknown:
         raise SystemExit(f"unknown network {unknown}; known: {sorted(NETS) + sorted(MODELLED)}")
     torch.set_num_threads(1)
+    command = "python -m benchmarks run " + " ".join(argv if argv is not None else sys.argv[2:])
     with tempfile.TemporaryDirectory(prefix="pinfer-run-") as tmp:
         recs = run(args.models.split(","), args.protocols.split(","), nets, args.repeat,
                    [int(s) for s in args.seqs.split(",")], Path(tmp),
-                   sink=lambda new: append_records(args.out, new))
+                   sink=lambda new: append_records(args.out, [
+                       {**r, "params": {**r["params"], "command": command}} for r in new]))
     print(f"{len(recs)} records appended to {args.out}")

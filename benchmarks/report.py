@@ -64,7 +64,9 @@ def write_markdown(records, out: Path, source: str) -> str:
              "(LAN: 0.5 ms, 1 Gbit/s; WAN: 40 ms, 100 Mbit/s); proxy rows are measured through "
              "the shaped link (the dealer link is never shaped). Ratio: online seconds over "
              "the plaintext forward of the same model on this CPU, one thread.", "",
-             EE_NOTE, ""]
+             EE_NOTE, "", "Commands behind these records:", ""]
+    lines += [f"    {c}" for c in dict.fromkeys(r["params"].get("command", "") for r in records)
+              if c] + [""]
     groups = sorted({(k[0], k[1] or 0) for k in rows})
     for model, seq in groups:
         lines += [f"## {model}" + (f", {seq} tokens" if seq else ""), "",
@@ -106,6 +108,9 @@ def plots(records, out: Path) -> list[Path]:
         axes[1].bar(protocols, [s + 1 for s in server], bottom=[c + 1 for c in client],
                     label="server sends")
         axes[1].set(yscale="log", title="online bytes per party (loopback)")
+        tops = [c + s + 2 for c, s in zip(client, server) if c + s]
+        if tops:
+            axes[1].set_ylim(bottom=min(tops) / 4)
         axes[1].legend(fontsize=7)
         off = [r["offline"]["seconds"] if r else 0 for r in base]
         on = [r["online"]["seconds"] if r else 0 for r in base]
