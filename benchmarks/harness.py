@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.launch import Deployment
+from benchmarks.launch import WIREPROXY, Deployment
 from benchmarks.records import append_records, base_record
 from benchmarks.sessions import ERROR_BUDGET, read_wire
 from client.api import PrivateInference
@@ -222,6 +222,9 @@ def main(argv=None) -> None:
     unknown = [n for n in nets if n not in NETS and n not in MODELLED]
     if unknown:
         raise SystemExit(f"unknown network {unknown}; known: {sorted(NETS) + sorted(MODELLED)}")
+    if any(NETS.get(n) for n in nets) and not WIREPROXY.is_file():
+        raise SystemExit(f"proxy-lan / proxy-wan need the wire proxy at {WIREPROXY} (beside "
+                         "the checkout); use model-lan / model-wan without it")
     torch.set_num_threads(1)
     command = "python -m benchmarks run " + " ".join(argv if argv is not None else sys.argv[2:])
     with tempfile.TemporaryDirectory(prefix="pinfer-run-") as tmp:
