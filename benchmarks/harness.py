@@ -83,11 +83,11 @@ def _fidelity(spec, y, ref) -> dict:
             "error_budget": ERROR_BUDGET.get(spec.name)}
 
 
-def measure(dep, model, protocol, x, repeat, work, net, ee_key=None) -> dict:
+def measure(dep, model, protocol, x, repeat, work, net, ee_key=None, settings=()) -> dict:
     """``repeat`` sessions; the median session's record with medians and spreads."""
     spec = get_model(model)
-    runs = [_session(dep, model, protocol, x, work, ee_key, NET_SETTINGS.get(net, ()))
-            for _ in range(repeat)]
+    settings = list(settings) + NET_SETTINGS.get(net, [])
+    runs = [_session(dep, model, protocol, x, work, ee_key, settings) for _ in range(repeat)]
     recs = [r for _, r in runs]
     rec = recs[len(recs) // 2]
     for phase in ("offline", "online"):
@@ -100,7 +100,7 @@ def measure(dep, model, protocol, x, repeat, work, net, ee_key=None) -> dict:
     ref, plain_s = plaintext_forward(spec, spec.load_weights(), x)
     rec.update(plaintext_seconds=plain_s, fidelity=_fidelity(spec, runs[0][0], ref), net=net,
                threads=1, time_ratio=rec["online"]["seconds"] / plain_s)
-    rec["params"].update(repeats=repeat, settings=list(NET_SETTINGS.get(net, [])))
+    rec["params"].update(repeats=repeat, settings=settings)
     if x.dim() == 3:
         rec["params"]["seq_len"] = x.shape[1]
     return rec
@@ -158,7 +158,7 @@ def unsupported(model: str, protocol: str) -> str | None:
 
 
 def run(models, protocols, nets, repeat, seqs, work: Path, progress=print,
-        sink=None) -> list[dict]:
+        sink=None, settings=()) -> list[dict]:
     combos = [(m, s) for m in models for s in (seqs if m == "minilm" else [None])]
     measured = [n for n in nets if n in NETS]
     if any(n in MODELLED for n in nets) and "loopback" not in measured:
@@ -179,7 +179,8 @@ def run(models, protocols, nets, repeat, seqs, work: Path, progress=print,
             for group in groups:
                 if not group:
                     continue
-                extra, key = sum((["--set", o] for o in NET_SETTINGS.get(net, [])), []), None
+                extra = sum((["--set", o] for o in list(settings) + NET_SETTINGS.get(net, [])), [])
+                key = None
                 if group == ["ee"]:
                     host, key = _ee_deployment(model, work)
                     extra += ["--ee-deployment", str(host)]
@@ -193,7 +194,7 @@ def run(models, protocols, nets, repeat, seqs, work: Path, progress=print,
                         progress(f"[run {done}/{total} {time.time() - t0:.0f}s] {model}"
                                  f"{'' if seq is None else f' seq {seq}'} {net} {protocol}")
                         seen, before = _wire_total(dep) if proxy is not None else (0, 0)
-                        rec = measure(dep, model, protocol, x, repeat, work, net, key)
+                        rec = measure(dep, model, protocol, x, repeat, work, net, key, settings)
                         if proxy is not None:       # per session, client <-> server link
                             _, after = _wire_total(dep, seen + repeat)
                             rec["wire_bytes"] = (after - before) / repeat
@@ -217,6 +218,8 @@ def main(argv=None) -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--seqs", default="32", help="MiniLM length buckets")
     ap.add_argument("--out", type=Path, default=Path("results.jsonl"))
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="config override for every process, e.g. compare.method=bitdecomp")
     args = ap.parse_args(argv)
     nets = args.net.split(",")
     unknown = [n for n in nets if n not in NETS and n not in MODELLED]
@@ -231,5 +234,6 @@ def main(argv=None) -> None:
         recs = run(args.models.split(","), args.protocols.split(","), nets, args.repeat,
                    [int(s) for s in args.seqs.split(",")], Path(tmp),
                    sink=lambda new: append_records(args.out, [
-                       {**r, "params": {**r["params"], "command": command}} for r in new]))
+                       {**r, "params": {**r["params"], "command": command}} for r in new]),
+                   settings=args.set)
     print(f"{len(recs)} records appended to {args.out}")
