@@ -115,7 +115,7 @@ def human_bytes(n: float) -> str:
         return f"{int(n)} B"
     for unit in ("KiB", "MiB", "GiB", "TiB"):
         n /= 1024
-        if abs(n) < 1024 or unit == "TiB":
+        if abs(n) < 999.5 or unit == "TiB":     # 1000-1023 would print as "1e+03"
             break
     return f"{n:.3g} {unit}"
 

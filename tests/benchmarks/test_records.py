@@ -95,3 +95,8 @@ def test_ring_speed_smoke():
         assert "ratio_to_float64" not in got[(op, shape, "float64")]
     table = ring_speed.ratio_table(recs).splitlines()
     assert table[0] == "| op | shape | float64 s | int64 s | ratio |" and len(table) == 2 + 6
+
+
+def test_human_bytes_never_prints_an_exponent():
+    assert R.human_bytes(1000 * 2**20) == "0.977 GiB"
+    assert R.human_bytes(1023.9 * 2**10) == "1 MiB"
