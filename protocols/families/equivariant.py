@@ -27,7 +27,7 @@ import torch
 
 from models.equivariant import Arch, EeKeyError
 from protocols.families.base import ClientRole, Family, check_input
-from protocols.families.plaintext import PlaintextServer
+from protocols.families.plaintext import PlaintextServer, pack_input, unpack_input
 
 
 def encrypt_input(spec, key, x: torch.Tensor) -> torch.Tensor:
@@ -63,7 +63,7 @@ class EeClient(ClientRole):
             xe = encrypt_input(spec, key, x)
             ch.meter.reveal("server", "ee.input", xe.shape,
                             "client input under the ee transform (obfuscation)")
-            ch.send("ee.input", xe)
+            ch.send("ee.input", pack_input(spec, xe))
             y = ch.recv("ee.output")
             ch.meter.reveal("server", "ee.output", y.shape,
                             "model output under the ee transform (obfuscation)")
@@ -85,7 +85,7 @@ class EeServer(PlaintextServer):
                                            "model": self.ctx.spec.name})
 
     def _recv_input(self):
-        return self.ctx.channel.recv("ee.input")
+        return unpack_input(self.ctx.spec, self.ctx.input_shape, self.ctx.channel.recv("ee.input"))
 
     def _send_output(self, y):
         self.ctx.channel.send("ee.output", y)

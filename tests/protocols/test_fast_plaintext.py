@@ -52,3 +52,24 @@ def test_one_hot_rows_are_gathered_not_multiplied():
     dense[0, 0, :3] = 0.5                                # not one-hot: the matmul path
     assert torch.allclose(ops.linear(dense, "embed"),
                           TorchOps(spec.load_weights(), dtype=torch.float32).linear(dense, "embed"))
+
+
+def test_token_inputs_travel_sparse_and_bad_frames_are_refused(tmp_path):
+    from protocols.families.plaintext import pack_input, unpack_input
+    from protocols.registry import get_family
+    from tests.helpers import run_family
+    spec, x = _input("minilm")
+    packed = pack_input(spec, x)
+    assert packed.shape == (2, int(x.sum())) and torch.equal(unpack_input(spec, x.shape, packed), x)
+    outs, cctx, _, _ = run_family(get_family("plaintext"), spec, spec.load_weights(), [x], tmp_path)
+    assert cctx.meter.total("online").payload_sent == packed.numel() * 8      # not 16 x 30522 x 8
+    ref = spec.forward(TorchOps(spec.load_weights(), exact=True), x)
+    assert float((outs[0] - ref).abs().max()) < 1e-4
+    for bad, why in ((torch.tensor([[1e9], [1.0]], dtype=torch.float64), "indices"),
+                     (torch.tensor([[0.5], [1.0]], dtype=torch.float64), "indices"),
+                     (torch.zeros((3, 2), dtype=torch.float64), "expected float64"),
+                     (torch.zeros((2, 2), dtype=torch.int64), "expected float64")):
+        with pytest.raises(ValueError, match=why):
+            unpack_input(spec, x.shape, bad)
+    digits, img = _input("digits-cnn")
+    assert pack_input(digits, img) is img                      # dense models: unchanged
