@@ -79,7 +79,9 @@ def main(argv=None) -> None:
     print(f"\nOnline figures are medians per inference, client's view (sent + received). "
           f"Error budget on logits: {budgets}. plaintext sends the input in the clear "
           "(no privacy); mpc: 2PC with a non-colluding dealer process (ReLU by FSS keys); "
-          "he: CKKS for the layers with server weights (keys sent offline), 2PC for the rest.")
+          "he: CKKS for the layers with server weights (keys sent offline), 2PC for the rest; "
+          "hybrid: BFV masks made offline, one masked vector per layer online, dealer for the "
+          "rest.")
 
 
 if __name__ == "__main__":
