@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -255,3 +256,29 @@ def test_ee_owner_host_and_client_over_grpc(tmp_path):
     assert rec["fidelity"]["max_abs_error"] < 1e-4 and rec["fidelity"]["cosine"] > 0.999999
     assert rec["dealer"] in ("none", "") and "dealer_for" not in rec
     assert wrong.returncode == 1 and "the host serves deployment" in wrong.stderr
+
+
+def test_sigterm_lets_the_session_in_flight_finish_and_refuses_new_ones(tmp_path, data):
+    """Graceful shutdown: an online inference running when the server gets SIGTERM
+    completes correctly; a client that arrives afterwards gets a clear error; the server
+    exits within its grace period and says how many sessions it finished."""
+    spec, weights, xs = data
+    with Deployment(MODEL, ["he"], certs=tmp_path / "certs", workdir=tmp_path) as d:
+        s = PrivateInference(model=MODEL, protocol="he", server=d.server_address,
+                             dealer=d.dealer_address, tls=d.client_tls(), inferences=1,
+                             store_root=tmp_path / "cstore")
+        s.connect()
+        s.offline()
+        server = d.proc("server").popen
+        threading.Timer(0.1, lambda: os.kill(server.pid, signal.SIGTERM)).start()
+        y = s.infer(xs[0])                              # he takes ~0.3 s online
+        s.close()
+        ref, _ = plaintext_forward(spec, weights, xs[0], repeats=1)
+        assert (y - ref).abs().max().item() < ERROR_BUDGET[MODEL]
+        late = PrivateInference(model=MODEL, protocol="he", server=d.server_address,
+                                dealer=d.dealer_address, tls=d.client_tls(),
+                                store_root=tmp_path / "late", connect_timeout=3)
+        with pytest.raises((ConnectionError, PeerError, HandshakeError)):
+            late.connect()
+        server.wait(timeout=15)
+        assert "1 sessions done" in d.proc("server").output()
