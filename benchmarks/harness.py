@@ -36,8 +36,7 @@ import torch.nn.functional as F
 
 from benchmarks.launch import WIREPROXY, Deployment
 from benchmarks.records import append_records, base_record
-from benchmarks.sessions import ERROR_BUDGET, read_wire
-from client.api import PrivateInference
+from benchmarks.sessions import ERROR_BUDGET, read_wire, run_session
 from client.reference import plaintext_forward
 from protocols.config import Config
 from models.registry import get_model
@@ -60,20 +59,6 @@ def model_inputs(model: str, seq: int | None) -> torch.Tensor:
     return as_model_input(get_model(model), x_test[:1])
 
 
-def _session(dep, model, protocol, x, work, ee_key=None, settings=()) -> tuple[torch.Tensor, dict]:
-    spec = get_model(model)
-    config = Config().with_overrides(list(settings)) if settings else None
-    s = PrivateInference(model=model, protocol=protocol, server=dep.server_address,
-                         dealer=dep.dealer_address, tls=dep.client_tls(), inferences=1,
-                         config=config,
-                         store_root=work / "client-store", ee_key=ee_key,
-                         seq_len=x.shape[1] if spec.seq_buckets else None)
-    with s:
-        s.offline()
-        y = s.infer(x)
-    return y, s.record()
-
-
 def _fidelity(spec, y, ref) -> dict:
     if spec.task == "embedding":
         return {"cosine": F.cosine_similarity(y, ref).min().item(),
@@ -87,7 +72,8 @@ def measure(dep, model, protocol, x, repeat, work, net, ee_key=None, settings=()
     """``repeat`` sessions; the median session's record with medians and spreads."""
     spec = get_model(model)
     settings = list(settings) + NET_SETTINGS.get(net, [])
-    runs = [_session(dep, model, protocol, x, work, ee_key, settings) for _ in range(repeat)]
+    config = Config().with_overrides(settings) if settings else None
+    runs = [run_session(dep, model, protocol, [x], work, config, ee_key) for _ in range(repeat)]
     recs = [r for _, r in runs]
     rec = recs[len(recs) // 2]
     for phase in ("offline", "online"):
@@ -98,7 +84,7 @@ def measure(dep, model, protocol, x, repeat, work, net, ee_key=None, settings=()
         if max(sent) > 1.01 * min(sent):
             raise RuntimeError(f"{protocol}/{model}/{net}: {phase} bytes varied: {sent}")
     ref, plain_s = plaintext_forward(spec, spec.load_weights(), x)
-    rec.update(plaintext_seconds=plain_s, fidelity=_fidelity(spec, runs[0][0], ref), net=net,
+    rec.update(plaintext_seconds=plain_s, fidelity=_fidelity(spec, runs[0][0][0], ref), net=net,
                threads=1, time_ratio=rec["online"]["seconds"] / plain_s)
     rec["params"].update(repeats=repeat, settings=settings)
     if x.dim() == 3:

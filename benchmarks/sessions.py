@@ -19,13 +19,13 @@ ERROR_BUDGET = {"digits-mlp": 0.01, "digits-cnn": 0.01,   # max |logit error|, 1
 
 
 def run_session(dep, model: str, protocol: str, inputs: list[torch.Tensor], workdir: Path,
-                config=None):
+                config=None, ee_key=None):
     """One session: offline for len(inputs) inferences, then each input; returns
     (outputs, record)."""
     s = PrivateInference(model=model, protocol=protocol, server=dep.server_address,
                          dealer=dep.dealer_address, tls=dep.client_tls(), config=config,
                          inferences=len(inputs), batch=inputs[0].shape[0],
-                         store_root=workdir / "client-store",
+                         store_root=workdir / "client-store", ee_key=ee_key,
                          seq_len=inputs[0].shape[1] if get_model(model).seq_buckets else None)
     with s:
         s.offline()

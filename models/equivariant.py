@@ -30,7 +30,6 @@ the transformed weights, which match the public base weights row for row.
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,10 +156,6 @@ class EeKey:
                        [t[f"qk.{i}"] for i in range(n)], [t[f"vo.{i}"] for i in range(n)])
         except KeyError as exc:
             raise EeKeyError(f"{path}: ee key file lacks {exc}") from None
-
-    def describe(self) -> str:
-        return json.dumps({"model": self.model, "deployment": self.deployment,
-                           "fingerprint": self.fingerprint()})
 
 
 def _heads_rows(w: torch.Tensor, heads: int, perm, mats) -> torch.Tensor:

@@ -76,6 +76,8 @@ class Reveal:
 class Meter:
     """Per-party counters by phase and scope, plus the reveal log. Thread-safe."""
 
+    clock = staticmethod(time.perf_counter)     # seconds; tests may give a fake clock
+
     def __init__(self, party: str):
         self.party = party
         self._lock = threading.Lock()
@@ -84,13 +86,13 @@ class Meter:
         self._cells: dict[tuple[str, str], Counters] = {}
         self.reveals: list[Reveal] = []
         self.seconds: dict[str, float] = {}
-        self._mark = time.perf_counter()
+        self._mark = self.clock()
         self._scope_seconds: dict[tuple[str, str], float] = {}
 
     def _charge(self) -> None:
         """Add the time since the last scope or phase change to the current (phase, scope):
         wall time spent in a scope itself, its children excluded."""
-        now = time.perf_counter()
+        now = self.clock()
         with self._lock:
             key = (self._phase, self.scope)
             self._scope_seconds[key] = self._scope_seconds.get(key, 0.0) + now - self._mark

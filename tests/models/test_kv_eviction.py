@@ -4,7 +4,6 @@ not depend on where the needle is."""
 
 from __future__ import annotations
 
-import threading
 
 import pytest
 import torch

@@ -388,11 +388,15 @@ def test_scope_prefix_matches_whole_scope_names():
 
 
 def test_scope_seconds_are_exclusive_of_child_scopes():
+    now = [0.0]
     m = Meter("client")
+    m.clock = lambda: now[0]                   # a fake clock the test advances
+    m._mark = 0.0
     with m.in_phase("online"), m.in_scope("layer"):
-        time.sleep(0.05)
+        now[0] += 0.05
         with m.in_scope("inner"):
-            time.sleep(0.1)
+            now[0] += 0.1
+        now[0] += 0.02
     secs = m.scope_seconds("online")
-    assert 0.04 < secs["layer"] < 0.09 and 0.09 < secs["layer.inner"] < 0.2
+    assert secs["layer"] == pytest.approx(0.07) and secs["layer.inner"] == pytest.approx(0.1)
     assert "layer" not in m.scope_seconds("offline")
