@@ -1,6 +1,6 @@
 """One command to compare protocols on a model and a network.
 
-    python -m benchmarks run --models digits-cnn,minilm --protocols plaintext,mpc,he,hybrid,ee
+    python -m benchmarks run --models digits-cnn,minilm --protocols plaintext,mpc,crypten,he,hybrid,ee
                              --net loopback,proxy-lan,proxy-wan,model-lan,model-wan
                              --repeat 5 [--seqs 32,128] --out results.jsonl
     python -m benchmarks report results.jsonl
@@ -138,7 +138,7 @@ def unsupported(model: str, protocol: str) -> str | None:
     spec = get_model(model)
     if protocol == "ee" and not spec.notes.get("ee"):
         return "ee transforms token models only (a digits image has nothing to permute)"
-    if protocol in ("he", "hybrid") and spec.decoder is not None:
+    if protocol in ("he", "hybrid", "crypten") and spec.decoder is not None:
         return f"{protocol} refuses decoders"
     return None
 
@@ -199,7 +199,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="digits-cnn")
-    ap.add_argument("--protocols", default="plaintext,mpc,he,hybrid,ee")
+    ap.add_argument("--protocols", default="plaintext,mpc,crypten,he,hybrid,ee")
     ap.add_argument("--net", default="loopback,proxy-lan,proxy-wan,model-lan,model-wan")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--seqs", default="32", help="MiniLM length buckets")

@@ -207,7 +207,8 @@ class PrivateInference:
             if self.online_seconds else 0.0
         client_dealer = self.meter.total("offline", "dealer").as_dict()
         parties = {"client": {**s, "peak_rss_bytes": resource.getrusage(
-            resource.RUSAGE_SELF).ru_maxrss * 1024}}
+            resource.RUSAGE_SELF).ru_maxrss * 1024, "children_peak_rss_bytes":
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}}
         server = self.server_summary or {}
         if server:
             parties["server"] = server
@@ -235,7 +236,7 @@ class PrivateInference:
             "client_storage_bytes": self.peak_storage_bytes(),
             "inferences_per_session": runs,
             "dealer": self.server_dealer,
-            **({"dealer_for": self.family.dealer_for} if self.family.uses_dealer else {}),
+            **({"dealer_for": self.family.dealer_for} if self.family.dealer_for else {}),
             "config_digest": self.config.digest(),
             "version": VERSION,
             "reveals": [r.__dict__ for r in self.meter.reveals],

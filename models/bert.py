@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from approximations.activations import GeluPumaParams, GeluTanhParams, gelu_puma, gelu_tanh
 from approximations.core import RsqrtParams, rsqrt
 from approximations.normalization import LayerNormParams, SoftmaxParams
-from models.blocks import exact, layer_norm, layer_params, softmax_last
+from models.blocks import exact, layer_norm, layer_params, native, softmax_last
 
 MASK_PENALTY = -30.0   # added to scores of padded keys: exp underflows to 0
 
@@ -79,13 +79,18 @@ def _softmax(ops, s, cfg):
 def _gelu(ops, f, cfg):
     if exact(ops):
         return F.gelu(f)
+    if native(ops, "gelu"):
+        return native(ops, "gelu")(f)
     if cfg.gelu_form == "puma":
         return gelu_puma(ops, f, cfg.gelu)
     return gelu_tanh(ops, f, cfg.frac_bits, cfg.gelu_tanh)
 
 
 def _rsqrt(ops, v, cfg):
-    return torch.rsqrt(v) if exact(ops) else rsqrt(ops, v, cfg.normalize)
+    if exact(ops):
+        return torch.rsqrt(v)
+    own = native(ops, "rsqrt")
+    return own(v) if own else rsqrt(ops, v, cfg.normalize)
 
 
 def _attention(ops, h, mask, i, cfg):

@@ -16,17 +16,28 @@ def exact(ops) -> bool:
     return bool(getattr(ops, "exact", False))
 
 
+def native(ops, fn: str):
+    """The backend's own implementation of a nonlinear function (``native_gelu``,
+    ``native_softmax``, ``native_layernorm``, ``native_rsqrt``), or None. A peer backend
+    (CrypTen) is compared with its own functions where it has them."""
+    return getattr(ops, f"native_{fn}", None)
+
+
 def layer_norm(ops, x, name: str, p: LayerNormParams):
     """LayerNorm over the last dimension with the layer's weight and bias (server's)."""
     with ops.scope(name):
         if exact(ops):
             return F.layer_norm(x, x.shape[-1:], ops.weights[f"{name}.weight"],
                                 ops.weights[f"{name}.bias"], eps=p.eps)
-        return ops.affine(layernorm(ops, x, p), name)
+        own = native(ops, "layernorm")
+        return ops.affine(own(x, p.eps, name) if own else layernorm(ops, x, p), name)
 
 
 def softmax_last(ops, s, frac_bits: int, p: SoftmaxParams):
-    return torch.softmax(s, -1) if exact(ops) else softmax(ops, s, frac_bits, p)
+    if exact(ops):
+        return torch.softmax(s, -1)
+    own = native(ops, "softmax")
+    return own(s) if own else softmax(ops, s, frac_bits, p)
 
 
 def layer_params(i: int, d: int, ffn: int) -> dict[str, tuple[int, ...]]:

@@ -103,6 +103,22 @@ class KvConfig:
             raise ConfigError(f"h2o needs kv.window ({self.window}) < kv.budget ({self.budget})")
 
 
+CRYPTEN_GELU = ("tanh", "sigmoid")
+
+
+@dataclass(frozen=True)
+class CryptenConfig:
+    """The ``crypten`` peer baseline. ``gelu``: "tanh" (the tanh form, input clamped to
+    [-8, 8]: the accurate, pinned variant) or "sigmoid" (x sigmoid(1.702 x): cheaper,
+    less accurate; reported as a second row)."""
+
+    gelu: str = "tanh"
+
+    def __post_init__(self):
+        if self.gelu not in CRYPTEN_GELU:
+            raise ConfigError(f"crypten.gelu={self.gelu!r}; expected one of {CRYPTEN_GELU}")
+
+
 @dataclass(frozen=True)
 class TransportConfig:
     """Local network settings (not part of the digest)."""
@@ -127,6 +143,7 @@ class Config:
     compare: CompareConfig = field(default_factory=CompareConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
     kv: KvConfig = field(default_factory=KvConfig)
+    crypten: CryptenConfig = field(default_factory=CryptenConfig)
     threads: int = 1                 # torch threads per party
 
     def __post_init__(self):
@@ -139,6 +156,8 @@ class Config:
                   "compare": dataclasses.asdict(self.compare)}
         if self.kv.method != "full":
             agreed["kv"] = dataclasses.asdict(self.kv)
+        if self.crypten != CryptenConfig():
+            agreed["crypten"] = dataclasses.asdict(self.crypten)
         return hashlib.sha256(json.dumps(agreed, sort_keys=True).encode()).hexdigest()[:16]
 
     def with_overrides(self, overrides: list[str]) -> "Config":
@@ -206,6 +225,7 @@ def from_dict(data: dict) -> Config:
             compare=CompareConfig(**data.get("compare", {})),
             transport=TransportConfig(**data.get("transport", {})),
             kv=KvConfig(**data.get("kv", {})),
+            crypten=CryptenConfig(**data.get("crypten", {})),
             threads=data.get("threads", 1),
         )
     except (TypeError, ValueError) as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from protocols.families.base import Family
+from protocols.families.crypten_family import CryptenFamily
 from protocols.families.equivariant import EquivariantFamily
 from protocols.families.he_family import HeFamily
 from protocols.families.hybrid import HybridFamily
@@ -11,7 +12,7 @@ from protocols.families.secret_sharing import SecretSharingFamily
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (PlaintextFamily(), SecretSharingFamily(),
                                                    HeFamily(), HybridFamily(),
-                                                   EquivariantFamily())}
+                                                   EquivariantFamily(), CryptenFamily())}
 
 
 def get_family(name: str) -> Family:

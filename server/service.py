@@ -35,6 +35,11 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def children_peak_rss_bytes() -> int:
+    """Largest finished child (a crypten worker), 0 if none."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+
+
 class PartyServicer(rpc.PartyServicer):
     def __init__(self, *, spec, weights, families: dict, config: Config, store_root,
                  dealer_target: str | None, dealer_tls: tls.TlsFiles | None, insecure: bool,
@@ -75,7 +80,7 @@ class PartyServicer(rpc.PartyServicer):
                 del self._pending[old]
             self._pending[sid] = (family, shape, request.inferences, now, request.new_tokens)
         return pb.HelloReply(session_id=sid, version=VERSION,
-                             dealer="separate-process" if family.uses_dealer else "none")
+                             dealer=family.dealer_label)
 
     # -- sessions -----------------------------------------------------------------------------
     def Session(self, request_iterator, context):
@@ -149,5 +154,6 @@ class PartyServicer(rpc.PartyServicer):
         out = meter.summary()
         out["dealer"] = meter.total("offline", "dealer").as_dict()
         out["peak_rss_bytes"] = peak_rss_bytes()
+        out["children_peak_rss_bytes"] = children_peak_rss_bytes()
         out["peak_storage_bytes"] = role.peak_storage_bytes()
         return out

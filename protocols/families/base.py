@@ -79,6 +79,11 @@ class Family(abc.ABC):
     description: str
     dealer_for: str = ""          # what the dealer's material serves (records)
 
+    @property
+    def dealer_label(self) -> str:
+        """How correlated randomness is made, as records say it (``dealer``)."""
+        return "separate-process" if self.uses_dealer else "none"
+
     @abc.abstractmethod
     def client(self, ctx: RoleContext) -> ClientRole: ...
 

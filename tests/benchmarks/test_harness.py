@@ -14,11 +14,11 @@ def test_a_tiny_matrix_end_to_end(tmp_path):
     out = tmp_path / "results.jsonl"
     # the shaped link needs ../shared/tools/wireproxy.py beside the checkout
     nets = ["loopback", "model-wan"] + (["proxy-lan"] if WIREPROXY.is_file() else [])
-    harness.main(["--models", "digits-mlp", "--protocols", "plaintext,mpc,ee", "--net",
+    harness.main(["--models", "digits-mlp", "--protocols", "plaintext,mpc,crypten,ee", "--net",
                   ",".join(nets), "--repeat", "1", "--out", str(out)])
     recs = read_records(out, "summary")
     assert sorted((r["net"], r["protocol"]) for r in recs) == sorted(
-        (n, p) for n in nets for p in ("plaintext", "mpc"))
+        (n, p) for n in nets for p in ("plaintext", "mpc", "crypten"))
     for r in recs:
         validate_session_record(r)
         assert r["fidelity"]["top1_agree"] is True
@@ -33,6 +33,8 @@ def test_a_tiny_matrix_end_to_end(tmp_path):
         assert prox["online"]["bytes_sent"] == loop["online"]["bytes_sent"]
         assert prox["wire_bytes"] > prox["frame_bytes"] - prox["parties"]["dealer"]["offline"][
             "bytes_sent"]
+    crypt = by[("loopback", "crypten")]
+    assert crypt["dealer"] == "tfp-party0" and crypt["offline"]["bytes_sent"] == 16
     text = report.write_markdown(recs, tmp_path, str(out))
     assert "| mpc | model-wan (modelled)" in text and "| mpc | loopback (measured)" in text
     assert [p.name for p in report.plots(recs, tmp_path)] == ["summary_digits-mlp.png"]
@@ -47,4 +49,5 @@ def test_schema_validation_names_the_problem():
 def test_unsupported_combinations_are_named():
     assert "token models" in harness.unsupported("digits-cnn", "ee")
     assert "decoders" in harness.unsupported("tiny-gpt", "hybrid")
+    assert "decoders" in harness.unsupported("tiny-gpt", "crypten")
     assert harness.unsupported("minilm", "hybrid") is None
