@@ -23,11 +23,54 @@ EE_NOTE = ("`ee` is obfuscation with its own threat model, not cryptography: a h
            "the public base weights recovers its key (benchmarks/results/ee.md).")
 
 
+def label(r) -> str:
+    """The protocol and its non-default arithmetic settings that concern it (transport
+    tuning left out; ``crypten.*`` only for crypten, whose arithmetic ignores ``compare.*``)."""
+    own = (lambda s: s.startswith("crypten.")) if r["protocol"] == "crypten" else \
+        (lambda s: not s.startswith(("crypten.", "transport.")))
+    extra = [s for s in r["params"].get("settings", []) if own(s)]
+    return r["protocol"] + (f" [{', '.join(extra)}]" if extra else "")
+
+
 def latest(records) -> dict:
     out = {}
     for r in records:
-        out[(r["model"], r["params"].get("seq_len"), r["net"], r["protocol"])] = r
+        out[(r["model"], r["params"].get("seq_len"), r["net"], label(r))] = r
     return out
+
+
+def crypten_comparison(rows) -> list[str]:
+    """Every mpc variant against crypten (pinned: tanh GeLU), same model, bucket and net."""
+    lines = []
+    for (model, seq, net, lab), c in sorted(rows.items(), key=lambda kv: str(kv[0])):
+        if lab != "crypten" or net != "loopback":
+            continue
+        for (m2, s2, n2, lab2), r in sorted(rows.items(), key=lambda kv: str(kv[0])):
+            if (m2, s2, n2) != (model, seq, net) or not lab2.startswith("mpc"):
+                continue
+            on_r, on_c = r["online"], c["online"]
+            fid = lambda x: x["fidelity"].get("cosine", x["fidelity"].get("max_abs_error"))  # noqa: E731
+            lines.append(
+                f"| {model}{f' {seq}' if seq else ''} | {lab2} | {on_r['seconds']:.3g} / "
+                f"{on_c['seconds']:.3g} = {on_c['seconds'] / on_r['seconds']:.2f}x | "
+                f"{human_bytes(on_r['bytes_sent'])} / {human_bytes(on_c['bytes_sent'])} = "
+                f"{on_c['bytes_sent'] / on_r['bytes_sent']:.2f}x | {on_r['rounds']:g} / "
+                f"{on_c['rounds']:g} | {human_bytes(r['total_bytes'])} / "
+                f"{human_bytes(c['total_bytes'])} | {r.get('inferences_per_session', 1)} / "
+                f"{c.get('inferences_per_session', 1)} | {fid(r):.6f} / {fid(c):.6f} |")
+    if not lines:
+        return []
+    return ["## mpc against crypten (loopback, same run)", "",
+            "Online seconds and online bytes sent per party (client), mpc / crypten and "
+            "crypten's multiple; total bytes per inference over both phases and every party "
+            "(dealer included). CrypTen under TFP moves no offline bytes: party 0 (the "
+            "client) makes every triple itself, so its totals carry no dealer traffic and "
+            "its online time includes making the triples, while it gives no security "
+            "against the client; a dealer-backed CrypTen (TTP) sends about 28% more "
+            "(REFERENCES.md). Fidelity: cosine to plaintext (embeddings).", "",
+            "| model | mpc variant | online s (x) | online sent per party (x) | rounds | "
+            "total bytes/inf | inferences per session | fidelity |", "|" + "---|" * 8,
+            *lines, ""]
 
 
 def _spread(r, phase) -> str:
@@ -42,7 +85,7 @@ def _row(r) -> str:
     agree = f"cosine {fid['cosine']:.6f}" if "cosine" in fid else \
         f"top-1 {fid.get('top1_agree')}, max err {fid.get('max_abs_error', 0):.1e}"
     wire = human_bytes(r["wire_bytes"]) if r.get("wire_bytes") else "-"
-    return (f"| {r['protocol']} | {r['net']} ({KIND[r['net']]}) | {off['seconds']:.3g}"
+    return (f"| {label(r)} | {r['net']} ({KIND[r['net']]}) | {off['seconds']:.3g}"
             f"{_spread(r, 'offline')} | {on['seconds']:.3g}{_spread(r, 'online')} | "
             f"{human_bytes(on['bytes_sent'])} / {human_bytes(server_on)} | {on['rounds']:g} | "
             f"{human_bytes(r['total_bytes'])} | {wire} | "
@@ -67,6 +110,7 @@ def write_markdown(records, out: Path, source: str) -> str:
              EE_NOTE, "", "Commands behind these records:", ""]
     lines += [f"    {c}" for c in dict.fromkeys(r["params"].get("command", "") for r in records)
               if c] + [""]
+    lines += crypten_comparison(rows)
     groups = sorted({(k[0], k[1] or 0) for k in rows})
     for model, seq in groups:
         lines += [f"## {model}" + (f", {seq} tokens" if seq else ""), "",

@@ -59,6 +59,7 @@ TANH_F64 = 5e-4             # 4.349e-4 on [-10, 10]
 GELU_PUMA_F64 = 0.0200      # 0.019913 on [-25, 25], at x -> 3 from below (see test below)
 GELU_PUMA_PUBLISHED = 0.0141    # PUMA's published max; holds except on (2.95, 3]
 GELU_TANH_F64 = 6e-4        # 5.19e-4 on [-25, 25]
+GELU_ERF_F64 = 2e-4         # 1.658e-4 on [-25, 25] (the fit's own maximum)
 SILU_F64 = 0.0720           # 0.071940 at x -> 4 from above (the piece "x above 4" itself)
 SILU_F64_BELOW_4 = 0.0100   # 0.009672 on [-12, 4)
 SOFTMAX_F64_PER_SQRT_WIDTH = 6e-4   # max abs error ~0.43e-3..0.48e-3 * sqrt(width), widths 2..384
@@ -76,6 +77,7 @@ MPC_BUDGET = {  # name: (absolute, relative to |float64 output|)
                                     # coefficient 0.0018067 (118 / 2^16, -0.34%) times x^6 = 729
     "gelu_quad": (1e-4, 0.0),       # 1.3e-5 (1 ulp)
     "gelu_tanh": (5e-4, 0.0),       # 2.6e-4 (17 ulps)
+    "gelu_erf": (2e-4, 0.0),        # 8.5e-5 (6 ulps; Horner keeps v <= 1)
     "silu": (4e-3, 0.0),            # 2.4e-3 at |x| ~ 4: coefficients 0.00027438, 0.011113
     "softmax": (4e-4, 0.0),         # 1.8e-4 (12 ulps)
     "softmax_2quad": (3e-3, 0.0),   # 1.4e-3: q up to ~120 times the 1-ulp error of 1 / sum
@@ -92,6 +94,8 @@ ROUNDS = {
     "gelu_puma": 10,       # clip 1 + powers 6 + 1 batched coefficient truncation + ltz 1 + select 1
     "gelu_quad": 4,        # square 2 + two coefficient truncations
     "gelu_tanh": 41,       # clip 1 + cube 4 + 2 truncations + tanh 31 + 0.5 x 1 + product 2
+    "gelu_erf": 22,        # ltz 1 + clip product 2 + square 2 + scale 1 + Horner 1 + 6 x 2
+                           # + x/2 1 + select product 2
     "silu": 10,            # clip 1 + powers 6 + 1 batched coefficient truncation + ltz 1 + select 1
     "softmax": 34,         # 16 wide: max tree 4 + exp 15 + reciprocal (2 steps) 13 + product 2
     "softmax_2quad": 21,   # square 2 + reciprocal 17 + product 2
@@ -152,6 +156,8 @@ F64_GRIDS = [  # name, fn, exact, x, relative?, budget
     ("gelu_tanh", gelu_tanh16, F.gelu, torch.linspace(-25, 25, 100_001, dtype=D), False,
      GELU_TANH_F64),
     ("silu", act.silu, F.silu, torch.linspace(-12, 12, 240_001, dtype=D), False, SILU_F64),
+    ("gelu_erf", act.gelu_erf, F.gelu, torch.linspace(-25, 25, 500_001, dtype=D), False,
+     GELU_ERF_F64),
 ]
 
 
@@ -241,6 +247,7 @@ def _mpc_cases():
         ("gelu_quad", act.gelu_quad, torch.linspace(-25, 25, 512, dtype=D)),
         ("gelu_tanh", gelu_tanh16, torch.linspace(-25, 25, 512, dtype=D)),
         ("silu", act.silu, torch.linspace(-12, 12, 512, dtype=D)),
+        ("gelu_erf", act.gelu_erf, torch.linspace(-25, 25, 512, dtype=D)),
         ("softmax", softmax16, rows16),
         ("softmax_2quad", softmax_2quad15, rows16[:16]),
         ("layernorm", nm.layernorm, ln_rows(16, 64, seed=6)),
