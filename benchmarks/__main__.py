@@ -16,7 +16,8 @@ def main(argv=None) -> None:
              "kv-eviction": "benchmarks.kv_eviction", "he-matmul": "benchmarks.he_matmul",
              "he-models": "benchmarks.he_models", "ee": "benchmarks.ee",
              "ee-attacks": "benchmarks.ee_attacks", "run": "benchmarks.harness",
-             "report": "benchmarks.report", "plaintext-speed": "benchmarks.plaintext_speed"}
+             "report": "benchmarks.report", "plaintext-speed": "benchmarks.plaintext_speed",
+             "reliability": "benchmarks.reliability"}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in names:
         print("usage: python -m benchmarks {" + ",".join(names) + "} [options]\n\n"
               "  demo        dealer, server and client on loopback (mTLS), digits models under\n"
@@ -37,6 +38,7 @@ def main(argv=None) -> None:
               "  run         every protocol on models and networks: one record per run\n"
               "  report      summary.md and plots from the records of `run`\n"
               "  plaintext-speed  the plaintext fast path against naive float32 and float64\n"
+              "  reliability faults, bad frames, bad input, mTLS, load: reliability.md\n"
               "Each takes --help.")
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
     module = __import__(names[argv[0]], fromlist=["main"])

@@ -81,7 +81,10 @@ def main(argv=None) -> None:
           "(no privacy); mpc: 2PC with a non-colluding dealer process (ReLU by FSS keys); "
           "he: CKKS for the layers with server weights (keys sent offline), 2PC for the rest; "
           "hybrid: BFV masks made offline, one masked vector per layer online, dealer for the "
-          "rest.")
+          "rest. The clients here ask for full logits (--set output.policy=full on server and "
+          "client, to measure the error); by default a server reveals only the label (the "
+          "one-hot of the argmax, computed inside the protocol) and --query-budget N caps "
+          "each client's queries.")
 
 
 if __name__ == "__main__":

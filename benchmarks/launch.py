@@ -82,13 +82,21 @@ class Deployment:
 
     with Deployment("digits-cnn", ["mpc", "plaintext"], certs=dir) as d:
         d.server_address, d.dealer_address, d.client_tls()
+
+    ``output_policy``: benchmarks and fidelity checks compare logits, so a classifier's
+    server is started with ``--set output.policy=full`` (explicitly; a server's default
+    reveals only the label); ``benchmarks.sessions.run_session`` asks for the same. None:
+    the server's default policy.
     """
 
     def __init__(self, model: str, protocols: list[str], *, certs: Path | None = None,
                  insecure: bool = False, threads: int = 1, proxy: bool = False,
                  proxy_args: list[str] | None = None, extra_server_args: list[str] | None = None,
-                 workdir: Path | None = None):
+                 workdir: Path | None = None, output_policy: str | None = "full"):
         self.model = model
+        from models.registry import MODELS
+        classifier = model in MODELS and MODELS[model].task == "classification"
+        self.output_policy = output_policy if classifier else None
         self.protocols = protocols
         self.insecure = insecure
         self.threads = threads
@@ -107,6 +115,10 @@ class Deployment:
     def _tls_args(self) -> list[str]:
         return ["--insecure"] if self.insecure else ["--certs", str(self.certs)]
 
+    def _output_args(self) -> list[str]:
+        return [] if self.output_policy is None else ["--set",
+                                                      f"output.policy={self.output_policy}"]
+
     def client_tls(self):
         return None if self.insecure else tls.TlsFiles.for_role(self.certs, "client")
 
@@ -122,7 +134,8 @@ class Deployment:
                                       ",".join(self.protocols), "--port", "0", "--dealer",
                                       dealer.address, "--threads", str(self.threads),
                                       "--store", str(self.workdir / "server-store")]
-                           + self._tls_args() + self.extra, ready="listening")
+                           + self._tls_args() + self._output_args() + self.extra,
+                           ready="listening")
             self.procs.append(server)
             self.dealer_address = dealer.address
             self.server_address = server.address

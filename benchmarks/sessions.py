@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import time
@@ -13,6 +14,7 @@ from benchmarks.records import base_record
 from client.api import PrivateInference
 from client.reference import fidelity, plaintext_forward
 from models.registry import get_model
+from protocols.config import Config, OutputConfig
 
 ERROR_BUDGET = {"digits-mlp": 0.01, "digits-cnn": 0.01,   # max |logit error|, 16 frac bits
                 "digits-mlp-relu": 0.01, "digits-cnn-relu": 0.01}
@@ -21,7 +23,13 @@ ERROR_BUDGET = {"digits-mlp": 0.01, "digits-cnn": 0.01,   # max |logit error|, 1
 def run_session(dep, model: str, protocol: str, inputs: list[torch.Tensor], workdir: Path,
                 config=None, ee_key=None):
     """One session: offline for len(inputs) inferences, then each input; returns
-    (outputs, record)."""
+    (outputs, record). The client asks for the output policy the deployment was started
+    with (``Deployment.output_policy``: full logits for a classifier) unless ``config``
+    names one."""
+    config = config or Config()
+    policy = getattr(dep, "output_policy", None)
+    if policy is not None and config.output == OutputConfig():
+        config = dataclasses.replace(config, output=OutputConfig(policy))
     s = PrivateInference(model=model, protocol=protocol, server=dep.server_address,
                          dealer=dep.dealer_address, tls=dep.client_tls(), config=config,
                          inferences=len(inputs), batch=inputs[0].shape[0],

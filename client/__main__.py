@@ -26,13 +26,16 @@ from client.reference import fidelity, plaintext_forward
 from client.report import metrics_table
 from models.digits import as_model_input, load_split
 from models.equivariant import EeKey, EeKeyError
+from models.output_policy import OutputPolicyError
 from models.registry import MODELS, get_model
 from models.spec import WeightsError
 from protocols import config as config_mod
 from protocols.endpoints import add_run_args, add_tls_args, tls_from_args
 from protocols.channel import PeerError
+from protocols.wire.codec import FrameError
 from protocols.registry import FAMILIES
 from protocols.session import HandshakeError
+from protocols import store_root
 from protocols.store import MaterialError
 
 ERROR_BUDGET = 0.01   # logits, fixed point with 16 fractional bits (see README)
@@ -71,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not compute the plaintext reference (needs the weights locally)")
     p.add_argument("--store", type=Path, default=DEFAULT_STORE,
                    help=f"directory for preprocessing material (default {DEFAULT_STORE})")
+    store_root.add_store_args(p)
     add_run_args(p)
     add_tls_args(p)
     return p
@@ -149,6 +153,11 @@ def main(argv=None) -> int:
     spec = get_model(args.model)
     x, label = load_input(args, spec)
     files = tls_from_args(args, "client")
+    try:   # quota and TTL of the store; material left by a killed client is deleted
+        store_root.open_root(args.store, quota_bytes=args.store_quota, ttl_s=args.store_ttl)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     ee_key = None
     if args.protocol == "ee" or args.ee_key:
         if not args.ee_key:
@@ -160,18 +169,23 @@ def main(argv=None) -> int:
         except EeKeyError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-    session = PrivateInference(model=args.model, protocol=args.protocol, server=args.server,
-                               dealer=args.dealer, tls=files, config=cfg,
-                               inferences=args.repeat, store_root=args.store,
-                               seq_len=x.shape[1] if spec.seq_buckets else None,
-                               new_tokens=args.max_new_tokens if spec.decoder else 0,
-                               ee_key=ee_key)
+    try:
+        session = PrivateInference(model=args.model, protocol=args.protocol, server=args.server,
+                                   dealer=args.dealer, tls=files, config=cfg,
+                                   inferences=args.repeat, store_root=args.store,
+                                   seq_len=x.shape[1] if spec.seq_buckets else None,
+                                   new_tokens=args.max_new_tokens if spec.decoder else 0,
+                                   ee_key=ee_key)
+    except OutputPolicyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     try:
         with session:
             session.offline()
             for _ in range(args.repeat):
                 y = session.infer(x)
-    except (HandshakeError, ConnectionError, PeerError, MaterialError, EeKeyError) as exc:
+    except (HandshakeError, ConnectionError, PeerError, MaterialError, EeKeyError,
+            FrameError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     record = session.record()
@@ -181,7 +195,8 @@ def main(argv=None) -> int:
         return finish_decoder(args, spec, x, y, label, record, cfg)
     if not args.no_reference:
         try:
-            ref, secs = plaintext_forward(spec, spec.load_weights(), x)
+            # the plaintext model under the same output policy (a label against a label)
+            ref, secs = plaintext_forward(session.spec, spec.load_weights(), x)
             record["plaintext_seconds"] = secs
             record["fidelity"] = fidelity(y, ref, ERROR_BUDGET) if spec.task != "embedding" \
                 else {"cosine": torch.nn.functional.cosine_similarity(y, ref).min().item(),
@@ -194,9 +209,11 @@ def main(argv=None) -> int:
         print(f"embedding ({y.shape[-1]} values, bucket {x.shape[1]}): [{head}, ...]"
               + (f"   cosine to plaintext: {cos:.6f}" if cos is not None else ""))
     else:
-        pred = int(y.argmax(-1)[0])
+        pred = y.argmax(-1)[0].tolist()      # a one-hot label, top-k one-hot rows, or logits
         truth = f" (label {label})" if label is not None else ""
-        print(f"prediction: {pred}{truth}   protocol={args.protocol} model={args.model}")
+        what = f"top-{len(pred)}" if isinstance(pred, list) else "prediction"
+        print(f"{what}: {pred}{truth}   protocol={args.protocol} model={args.model} "
+              f"output={session.output_policy}")
     return report(args, record)
 
 

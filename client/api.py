@@ -3,8 +3,14 @@
     with PrivateInference(model="digits-cnn", protocol="mpc", server="127.0.0.1:P",
                           dealer="127.0.0.1:D", tls=TlsFiles.for_role(certs, "client")) as s:
         s.offline()                 # preprocessing for `inferences` runs
-        logits = s.infer(x)         # x: float tensor of shape (batch, *model input)
+        y = s.infer(x)              # x: float tensor of shape (batch, *model input)
         record = s.record()         # metrics in the benchmark record schema
+
+What ``infer`` returns is the agreed output policy (``config.output``, the same on both
+sides; ``models.output_policy``): for a classifier by default the one-hot of the label
+(batch, classes), with ``output.policy=topk`` the k one-hot rows (batch, k, classes),
+with ``output.policy=full`` the logits; an embedding model's vector; a decoder's tokens.
+A server with ``--query-budget`` refuses a session it cannot cover (``QueryBudgetError``).
 
 The CLI (``python -m client``) and the benchmarks use exactly this.
 """
@@ -18,6 +24,7 @@ from pathlib import Path
 import grpc
 import torch
 
+from models import output_policy
 from models.registry import get_model
 from protocols import tls as tls_mod
 from protocols.config import Config
@@ -26,25 +33,30 @@ from protocols.families.base import RoleContext, check_input
 from protocols.grpc_link import describe_rpc_error, open_stream
 from protocols.metering import Meter
 from protocols.registry import get_family
-from protocols.session import VERSION, HandshakeError, check_new_tokens, make_hello
+from protocols.session import (VERSION, HandshakeError, QueryBudgetError, check_new_tokens,
+                               make_hello)
 from protocols.wire import pinfer_pb2_grpc as rpc
 
 DEFAULT_STORE = Path(".pinfer/client-store")
+CONNECT_TIMEOUT_S = 3.0   # server and dealer: a dead or frozen one is reported within 5 s
 
 
 class PrivateInference:
     def __init__(self, *, model: str, protocol: str, server: str, dealer: str | None = None,
                  tls: tls_mod.TlsFiles | None = None, config: Config | None = None,
                  batch: int = 1, inferences: int = 1, store_root: Path = DEFAULT_STORE,
-                 connect_timeout: float = 10.0, seq_len: int | None = None,
+                 connect_timeout: float = CONNECT_TIMEOUT_S, seq_len: int | None = None,
                  new_tokens: int = 0, ee_key=None):
-        self.spec = get_model(model)
         self.ee_key = ee_key
         self.family = get_family(protocol)
         self.server_target = server
         self.dealer_target = dealer
         self.tls = tls
         self.config = config or Config()
+        # the model followed by the output policy, as the server runs it (OutputPolicyError)
+        base = get_model(model)
+        self.output_policy = output_policy.describe(base, self.config, self.family.name)
+        self.spec = output_policy.apply(base, self.config, self.family.name)
         example = tuple(self.spec.input_shape)
         if seq_len is not None:
             if not self.spec.seq_buckets or seq_len not in self.spec.seq_buckets:
@@ -85,6 +97,14 @@ class PrivateInference:
         t = self.config.transport
         self._grpc = dial(self.server_target, self.tls, t)
         wait_ready(self._grpc, self.server_target, self.connect_timeout)
+        if self.family.uses_dealer and self._dealer_grpc is None:
+            # connected before the handshake, so that a dealer lost later fails at once
+            self._dealer_grpc = dial(self.dealer_target, self.tls, t)
+            try:
+                wait_ready(self._dealer_grpc, self.dealer_target, self.connect_timeout)
+            except ConnectionError:
+                self._grpc.close()
+                raise
         stub = rpc.PartyStub(self._grpc)
         hello = make_hello(spec=self.spec, protocol=self.family.name,
                            config_digest=self.config.digest(), input_shape=self.input_shape,
@@ -92,14 +112,18 @@ class PrivateInference:
         try:
             reply = stub.Hello(hello, timeout=t.rpc_deadline_s)
         except grpc.RpcError as exc:
+            self._grpc.close()
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
                 raise HandshakeError(f"server refused the handshake: {exc.details()}") from None
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise QueryBudgetError(f"server refused the session: {exc.details()}") from None
             raise ConnectionError(f"handshake with {self.server_target} failed: "
                                   f"{describe_rpc_error(exc)}") from None
         self.session_id = reply.session_id
         self.server_dealer = reply.dealer
         self._chan = open_stream(stub.Session, self.meter, link="peer",
-                                 session_id=self.session_id, transport=t)
+                                 session_id=self.session_id, transport=t,
+                                 integrity=self.tls is None)
         ctx = RoleContext(spec=self.spec, config=self.config, channel=self._chan,
                           meter=self.meter, session_id=self.session_id,
                           input_shape=self.input_shape, inferences=self.inferences,
@@ -112,7 +136,8 @@ class PrivateInference:
             self._dealer_grpc = dial(self.dealer_target, self.tls, self.config.transport)
             wait_ready(self._dealer_grpc, self.dealer_target, self.connect_timeout)
         return open_stream(rpc.DealerStub(self._dealer_grpc).Session, self.meter, link="dealer",
-                           session_id=self.session_id, transport=self.config.transport)
+                           session_id=self.session_id, transport=self.config.transport,
+                           integrity=self.tls is None)
 
     def offline(self) -> None:
         t0 = time.perf_counter()
@@ -123,7 +148,12 @@ class PrivateInference:
         if self._runs >= self.inferences:
             raise RuntimeError(f"this session was prepared for {self.inferences} inferences; "
                                "open a new one")
-        x = torch.as_tensor(x)
+        if not isinstance(x, torch.Tensor):
+            try:
+                x = torch.as_tensor(x, dtype=torch.float64)
+            except (TypeError, ValueError, RuntimeError):
+                raise TypeError(f"input must be a tensor or an array of numbers, got "
+                                f"{type(x).__name__}") from None
         if tuple(x.shape) == tuple(self.input_shape[1:]):
             x = x.unsqueeze(0)
         x = check_input(self._role.ctx, x)   # bad input raises here: nothing sent, session intact
@@ -238,6 +268,7 @@ class PrivateInference:
             "dealer": self.server_dealer,
             **({"dealer_for": self.family.dealer_for} if self.family.dealer_for else {}),
             "config_digest": self.config.digest(),
+            "output_policy": self.output_policy,
             "version": VERSION,
             "reveals": [r.__dict__ for r in self.meter.reveals],
             **({"decode": self._decode_figures(runs)} if self.spec.decoder is not None else {}),

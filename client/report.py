@@ -11,6 +11,12 @@ def human_bytes(n: float) -> str:
     return f"{n:.2f} GiB"
 
 
+POLICY_WORDS = {"label": "only the one-hot of the argmax was revealed",
+                "topk": "only the indices of the top k were revealed, not the scores",
+                "full": "the full output was revealed",
+                "tokens": "only the generated tokens were revealed"}
+
+
 def metrics_table(rec: dict) -> str:
     rows = [("phase", "seconds", "sent", "received", "rounds")]
     for phase in ("offline", "online"):
@@ -31,7 +37,13 @@ def metrics_table(rec: dict) -> str:
                      f"cosine: {fid['cosine']:.6f}")
     elif fid and "plaintext_tokens" in fid:
         lines.append(f"tokens agreeing with plaintext greedy: {fid['top1_agree']:.0%}")
+    elif fid and str(rec.get("output_policy", "full")).startswith(("label", "topk")):
+        lines.append(f"revealed {rec['output_policy']} agrees with plaintext: "
+                     f"{fid['max_abs_error'] == 0}")
     elif fid:
         lines.append(f"max |error| vs plaintext: {fid['max_abs_error']:.3g}   "
                      f"top-1 agrees: {fid['top1_agree_all']}")
+    if rec.get("output_policy"):
+        lines.append(f"output policy: {rec['output_policy']} "
+                     f"({POLICY_WORDS.get(rec['output_policy'].split(':')[0], '')})")
     return "\n".join(lines)

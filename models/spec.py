@@ -34,6 +34,9 @@ class ModelSpec:
     seq_buckets: tuple[int, ...] | None = None  # first input dim may be any of these (public)
     loader: Callable | None = None              # weights from elsewhere than weights_file
     decoder: object | None = None               # autoregressive models: how to generate
+    # inputs outside [lo, hi] are refused by name before anything is encoded or sent: a
+    # larger value would overflow a fixed-point product and wrap silently in the ring
+    input_range: tuple[float, float] | None = None
 
     def arch_digest(self) -> str:
         public = {"name": self.name, "input": list(self.input_shape),

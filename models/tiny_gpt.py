@@ -77,4 +77,5 @@ def _forward(ops, x):
 TINY_GPT = ModelSpec(
     name="tiny-gpt", input_shape=(BUCKETS[-1], CFG.vocab + CFG.ctx), params=gpt_params(CFG),
     forward=_forward, weights_file=WEIGHTS_DIR / "tiny-gpt.safetensors", task="generation",
-    seq_buckets=BUCKETS, decoder=TinyGptDecoder(CFG), notes={"ee": gpt_arch(CFG)})
+    seq_buckets=BUCKETS, decoder=TinyGptDecoder(CFG), notes={"ee": gpt_arch(CFG)},
+    input_range=(0.0, 1.0))

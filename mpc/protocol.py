@@ -63,7 +63,7 @@ def reveal_to(party: Party, receiver: int, tag: str, share: torch.Tensor, what: 
     """Open a shared value to ``receiver`` only (one message). Logged as a reveal."""
     party.channel.meter.reveal(PARTY_NAMES[receiver], tag, share.shape, what)
     if party.index == receiver:
-        return share + party.channel.recv(tag)
+        return share + party.channel.recv_like(tag, share)
     party.channel.send(tag, share)
     return None
 

@@ -16,6 +16,7 @@ import threading
 
 import torch
 
+from protocols import faults
 from protocols.metering import Meter
 from protocols.wire import codec
 from protocols.wire import pinfer_pb2 as pb
@@ -33,8 +34,9 @@ class Channel:
 
     def __init__(self, meter: Meter, *, link: str, session_id: str,
                  recv_timeout: float = DEFAULT_RECV_TIMEOUT,
-                 max_chunk: int = codec.DEFAULT_MAX_CHUNK):
+                 max_chunk: int = codec.DEFAULT_MAX_CHUNK, integrity: bool = False):
         self.meter = meter
+        self.integrity = integrity         # CRC-32 per frame: links without TLS
         self.link = link
         self.session_id = session_id
         self.recv_timeout = recv_timeout
@@ -43,7 +45,7 @@ class Channel:
         self._epoch = 0
         self._last_sent = 0
         self._max_received = 0
-        self._reassembler = codec.Reassembler(session_id)
+        self._reassembler = codec.Reassembler(session_id, integrity=integrity)
         self._closed = False
 
     # -- transport hooks --------------------------------------------------------------------
@@ -70,9 +72,11 @@ class Channel:
     def send(self, tag: str, tensor: torch.Tensor) -> None:
         if self._closed:
             raise PeerError(f"{self.link}: send of {tag!r} on a closed channel")
+        faults.on_send(self.meter.party, tag)   # test-only failpoint (PINFER_FAILPOINT)
         round_no = self._next_round()
         frames = codec.encode(tag, tensor, session_id=self.session_id, seq=self._seq,
-                              epoch=self._epoch, round_no=round_no, max_chunk=self.max_chunk)
+                              epoch=self._epoch, round_no=round_no, max_chunk=self.max_chunk,
+                              integrity=self.integrity)
         self._seq += len(frames)
         payload = sum(len(f.body) for f in frames)
         size = sum(f.ByteSize() for f in frames)
@@ -108,9 +112,21 @@ class Channel:
             return tensor
 
     def exchange(self, tag: str, tensor: torch.Tensor) -> torch.Tensor:
-        """Send ours, then receive theirs: one round when both parties do it together."""
+        """Send ours, then receive theirs: one round when both parties do it together.
+        Theirs must have our dtype and shape (``recv_like``)."""
         self.send(tag, tensor)
-        return self.recv(tag)
+        return self.recv_like(tag, tensor)
+
+    def recv_like(self, tag: str, like: torch.Tensor) -> torch.Tensor:
+        """``recv``, refusing a tensor whose dtype or shape differs from ``like``'s (a
+        share of the same value): a peer's odd shape must not broadcast into our
+        arithmetic."""
+        got = self.recv(tag)
+        if got.dtype != like.dtype or got.shape != like.shape:
+            raise codec.FrameError(f"{self.link}: {tag!r} has dtype {got.dtype} and shape "
+                                   f"{list(got.shape)}; expected dtype {like.dtype} and "
+                                   f"shape {list(like.shape)}")
+        return got
 
     def send_json(self, tag: str, obj) -> None:
         data = json.dumps(obj, sort_keys=True).encode()
@@ -130,7 +146,8 @@ class Channel:
         if self._closed:
             return
         try:
-            self._put(codec.error_frame(message, session_id=self.session_id, seq=self._seq))
+            self._put(codec.error_frame(message, session_id=self.session_id, seq=self._seq,
+                                        integrity=self.integrity))
         except Exception:  # noqa: BLE001 - the peer may already be gone
             pass
         self.close()

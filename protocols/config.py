@@ -119,6 +119,33 @@ class CryptenConfig:
             raise ConfigError(f"crypten.gelu={self.gelu!r}; expected one of {CRYPTEN_GELU}")
 
 
+OUTPUT_POLICIES = ("auto", "label", "topk", "full")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """What the client may learn of each inference (``models.output_policy``): "label" (a
+    one-hot of the argmax), "topk" (the k one-hot rows of the k largest, in order: the
+    indices, not the scores), "full" (logits or embedding) or "auto" (what the model's task
+    needs: a classifier's label, an embedding's vector, a decoder's tokens). Computed
+    inside the protocol, before the reveal; both parties must agree (in the digest)."""
+
+    policy: str = "auto"
+    k: int = 1                   # topk only
+
+    def __post_init__(self):
+        if self.policy not in OUTPUT_POLICIES:
+            raise ConfigError(f"output.policy={self.policy!r}; expected one of {OUTPUT_POLICIES}")
+        if self.k < 1:
+            raise ConfigError(f"output.k={self.k} must be >= 1")
+        if self.k != 1 and self.policy != "topk":
+            raise ConfigError(f"output.k={self.k} applies to output.policy='topk' only, not "
+                              f"{self.policy!r}")
+
+    def describe(self) -> str:
+        return f"topk:{self.k}" if self.policy == "topk" else self.policy
+
+
 @dataclass(frozen=True)
 class TransportConfig:
     """Local network settings (not part of the digest)."""
@@ -144,6 +171,7 @@ class Config:
     transport: TransportConfig = field(default_factory=TransportConfig)
     kv: KvConfig = field(default_factory=KvConfig)
     crypten: CryptenConfig = field(default_factory=CryptenConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
     threads: int = 1                 # torch threads per party
 
     def __post_init__(self):
@@ -158,7 +186,19 @@ class Config:
             agreed["kv"] = dataclasses.asdict(self.kv)
         if self.crypten != CryptenConfig():
             agreed["crypten"] = dataclasses.asdict(self.crypten)
+        if self.output != OutputConfig():
+            agreed["output"] = dataclasses.asdict(self.output)
         return hashlib.sha256(json.dumps(agreed, sort_keys=True).encode()).hexdigest()[:16]
+
+    def output_of_digest(self, digest: str, max_k: int = 64) -> OutputConfig | None:
+        """The output policy that, with everything else as here, gives ``digest`` (None if
+        none does): lets a handshake name both policies rather than two digests."""
+        for policy in OUTPUT_POLICIES:
+            for k in (range(1, max_k + 1) if policy == "topk" else (1,)):
+                out = OutputConfig(policy, k)
+                if dataclasses.replace(self, output=out).digest() == digest:
+                    return out
+        return None
 
     def with_overrides(self, overrides: list[str]) -> "Config":
         """Apply ``section.name=value`` strings; unknown names and bad types raise."""
@@ -226,6 +266,7 @@ def from_dict(data: dict) -> Config:
             transport=TransportConfig(**data.get("transport", {})),
             kv=KvConfig(**data.get("kv", {})),
             crypten=CryptenConfig(**data.get("crypten", {})),
+            output=OutputConfig(**data.get("output", {})),
             threads=data.get("threads", 1),
         )
     except (TypeError, ValueError) as exc:

@@ -32,6 +32,10 @@ def channel_options(t: TransportConfig) -> list[tuple[str, int]]:
         ("grpc.http2.ping_timeout_ms", t.keepalive_ms),  # default 60 s; ~2 s detection with 1 s
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
+        # a connection attempt (TCP + TLS) to a frozen peer gives up after 2 keepalive
+        # intervals, and a restarted peer is dialled again within as long (default 20 s, 120 s)
+        ("grpc.min_reconnect_backoff_ms", 2 * t.keepalive_ms),
+        ("grpc.max_reconnect_backoff_ms", 2 * t.keepalive_ms),
     ]
 
 
@@ -51,19 +55,23 @@ def describe_rpc_error(exc: grpc.RpcError) -> str:
         return f"peer unreachable or gone ({name}: {details})"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"peer did not answer in time ({name})"
+    if code is None and not details:     # a server's request stream: the client went away
+        return "peer cancelled the stream or vanished"
     return f"{name}: {details}"
 
 
 class StreamChannel(Channel):
     """A Channel whose frames travel on one gRPC stream (either end)."""
 
-    def __init__(self, meter: Meter, *, link: str, session_id: str, transport: TransportConfig):
+    def __init__(self, meter: Meter, *, link: str, session_id: str, transport: TransportConfig,
+                 integrity: bool = False):
         super().__init__(meter, link=link, session_id=session_id,
                          recv_timeout=transport.recv_timeout_s,
-                         max_chunk=transport.max_chunk_bytes)
+                         max_chunk=transport.max_chunk_bytes, integrity=integrity)
         self._out: queue.Queue = queue.Queue()
         self._in: queue.Queue = queue.Queue()
         self._call = None
+        self._out_ended = False
 
     # outgoing frames, for the gRPC runtime to pull
     def outgoing(self):
@@ -94,7 +102,11 @@ class StreamChannel(Channel):
         return self._in.get(timeout=timeout)
 
     def close(self) -> None:
-        if not self._closed:
+        # End the outgoing stream once, even when the peer closed, failed or aborted first
+        # (``recv`` marks the channel closed then): otherwise the gRPC worker thread that
+        # pulls ``outgoing()`` waits forever, and a server runs out of workers.
+        if not self._out_ended:
+            self._out_ended = True
             self._out.put(_CLOSED)
         super().close()
 
@@ -105,9 +117,11 @@ class StreamChannel(Channel):
 
 
 def open_stream(method, meter: Meter, *, link: str, session_id: str,
-                transport: TransportConfig) -> StreamChannel:
-    """Client end: call a stream-stream ``method`` (a stub attribute) and wrap it."""
-    chan = StreamChannel(meter, link=link, session_id=session_id, transport=transport)
+                transport: TransportConfig, integrity: bool = False) -> StreamChannel:
+    """Client end: call a stream-stream ``method`` (a stub attribute) and wrap it.
+    ``integrity``: CRC-32 on every frame, for links without TLS."""
+    chan = StreamChannel(meter, link=link, session_id=session_id, transport=transport,
+                         integrity=integrity)
     call = method(chan.outgoing(), metadata=((SESSION_KEY, session_id),))
     chan._call = call
     chan.start_reader(call)
@@ -115,9 +129,10 @@ def open_stream(method, meter: Meter, *, link: str, session_id: str,
 
 
 def serve_stream(request_iterator, meter: Meter, *, link: str, session_id: str,
-                 transport: TransportConfig) -> StreamChannel:
+                 transport: TransportConfig, integrity: bool = False) -> StreamChannel:
     """Server end: wrap the request iterator; the servicer yields ``chan.outgoing()``."""
-    chan = StreamChannel(meter, link=link, session_id=session_id, transport=transport)
+    chan = StreamChannel(meter, link=link, session_id=session_id, transport=transport,
+                         integrity=integrity)
     chan.start_reader(request_iterator)
     return chan
 

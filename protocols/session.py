@@ -21,6 +21,10 @@ class HandshakeError(ValueError):
     """The two sides do not agree; nothing private has moved."""
 
 
+class QueryBudgetError(HandshakeError):
+    """The server refused a session: this client's query budget cannot cover it."""
+
+
 def make_hello(*, spec, protocol: str, config_digest: str, input_shape, inferences: int,
                new_tokens: int = 0, version: str = VERSION) -> pb.HelloRequest:
     return pb.HelloRequest(version=version, protocol=protocol, config_digest=config_digest,
@@ -47,8 +51,10 @@ def check_new_tokens(spec, input_shape, new_tokens: int) -> None:
 
 
 def check_hello(req: pb.HelloRequest, *, spec, protocols: list[str], config_digest: str,
-                version: str = VERSION) -> tuple[int, ...]:
-    """Raise ``HandshakeError`` on the first mismatch; return the agreed input shape."""
+                version: str = VERSION, config=None) -> tuple[int, ...]:
+    """Raise ``HandshakeError`` on the first mismatch; return the agreed input shape.
+    ``config`` (the server's ``Config``, optional): a config digest that differs only in
+    the output policy is refused naming both policies."""
     def differ(what, theirs, ours):
         raise HandshakeError(f"{what} mismatch: client has {theirs!r}, server has {ours!r}")
 
@@ -61,6 +67,13 @@ def check_hello(req: pb.HelloRequest, *, spec, protocols: list[str], config_dige
     if req.arch_digest != spec.arch_digest():
         differ("architecture digest", req.arch_digest, spec.arch_digest())
     if req.config_digest != config_digest:
+        theirs = config.output_of_digest(req.config_digest) if config is not None else None
+        if theirs is not None:
+            raise HandshakeError(
+                f"output policy mismatch: client has {theirs.describe()!r}, server has "
+                f"{config.output.describe()!r} (config digest: client has "
+                f"{req.config_digest!r}, server has {config_digest!r}); set output.policy "
+                f"(and output.k) as the server does")
         differ("config digest", req.config_digest, config_digest)
     shape = tuple(req.input_shape)
     if len(shape) != len(spec.input_shape) + 1 or not spec.accepts(shape[1:]):

@@ -4,7 +4,9 @@ Layout: ``<root>/<session>-<party>/`` (mode 0700) holding ``header.json`` (famil
 fixed-point bits, session, party, needs digest), ``seed.bin`` (this party's PRG seed),
 ``material.bin`` (explicit material records, streamed in as the dealer sends them, read
 back one at a time) and ``const-*.bin`` (constant-operand material). Every file is created
-owner-only (0600).
+owner-only (0600). A store is made under a hidden temporary name and renamed into place
+once its header is written and locked (``flock``), so a half-made store is never mistaken
+for a live one.
 
 Rules (ARCHITECTURE.md, contract 5):
 * material is consumed strictly once and in the planned order; ``take`` checks the kind,
@@ -14,20 +16,33 @@ Rules (ARCHITECTURE.md, contract 5):
 * constant-operand material (a weight's mask, the masked weight W - B) may be read many
   times, but ``mark_opened`` refuses a second opening under the same key;
 * ``burn`` deletes everything; a failed session burns its store.
+
+Housekeeping of the root (``protocols.store_root``: its quota and TTL, ``--store-quota``
+and ``--store-ttl`` on the CLIs):
+* quota: a write that would take the bytes under the root past the quota raises
+  ``QuotaError`` naming the quota and the requested size, and burns the writing store;
+* a store holds an ``flock`` on its header while its owner lives; ``sweep`` deletes the
+  stores of dead owners (killed before they could burn) and those older than the TTL. It
+  runs when a process starts (CLIs) and whenever a store is made. A live store past its
+  TTL burns itself and refuses use.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import secrets
 import shutil
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from protocols.needs import Need, Needs
+from protocols.store_root import TMP_PREFIX, policy, recount, release, reserve, sweep
 
 _LEN = struct.Struct("<I")
 _DTYPES = {torch.int64: "<i8", torch.uint8: "|u1"}
@@ -37,6 +52,10 @@ MAX_RECORD_HEADER = 1 << 20
 
 class MaterialError(RuntimeError):
     """Preprocessing material missing, exhausted, mismatched or reused."""
+
+
+class QuotaError(MaterialError):
+    """Writing material would exceed the store root's size quota."""
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -57,24 +76,64 @@ class MaterialStore:
         self.header = {"family": family, "ring": "Z_2^64", "frac_bits": frac_bits,
                        "session": session_id, "party": party, "needs": needs.digest(),
                        "items": len(needs)}
-        root = Path(root)
+        self.root = root = Path(root)
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.policy = policy(root)
         self.dir = root / f"{session_id}-{party}"
         if self.dir.exists():
             raise MaterialError(f"store for session {session_id} ({party}) already exists")
-        self.dir.mkdir(mode=0o700)
-        os.chmod(self.dir, 0o700)
-        _write_private(self.dir / "header.json", json.dumps(self.header).encode())
+        sweep(root)
+        recount(root)
         self._writer = None
         self._reader = None
+        self._lock_fd = None
         self.written = 0          # explicit records written
         self.cursor = 0           # items consumed
         self._opened: set[str] = set()
         self._burned = False
+        self._bytes = 0           # bytes this store accounted against the quota
         self.peak_bytes = 0
+        self._t0 = time.monotonic()
+        self._make()
+
+    def _make(self) -> None:
+        """Create the directory under a temporary name, lock it, rename it into place."""
+        head = json.dumps(self.header).encode()
+        final = self.dir
+        self.dir = tmp = self.root / f"{TMP_PREFIX}{final.name}-{secrets.token_hex(4)}"
+        tmp.mkdir(mode=0o700)
+        os.chmod(tmp, 0o700)
+        try:
+            self._reserve(len(head))
+            _write_private(tmp / "header.json", head)
+            self._lock_fd = os.open(tmp / "header.json", os.O_RDONLY | os.O_NOFOLLOW)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            os.rename(tmp, final)
+            self.dir = final
+        except BaseException as exc:
+            self.burn()
+            if isinstance(exc, OSError):
+                raise MaterialError(f"store for session {self.header['session']} "
+                                    f"({self.party}) already exists or cannot be made: "
+                                    f"{exc}") from None
+            raise
+
+    def _reserve(self, n: int) -> None:
+        """Account ``n`` more bytes under the root; over the quota: burn and raise."""
+        fitted, used, quota = reserve(self.root, n)
+        if fitted:
+            self._bytes += n
+            return
+        self.burn()
+        raise QuotaError(f"{self.party}: store quota exceeded: writing {n} bytes of material "
+                         f"for session {self.header['session']} would bring {self.root} to "
+                         f"{used} bytes, over its quota of {quota} bytes (--store-quota); "
+                         "the session's material was deleted")
 
     # -- writing (offline) -----------------------------------------------------------------
     def write_seed(self, seed: bytes) -> None:
+        self._alive()
+        self._reserve(len(seed))
         _write_private(self.dir / "seed.bin", seed)
         self._track_peak()
 
@@ -105,6 +164,8 @@ class MaterialStore:
         meta = {"index": index, "kind": kind,
                 "arrays": [[k, list(v.shape), _DTYPES[v.dtype]] for k, v in arrays.items()]}
         head = json.dumps(meta).encode()
+        self._reserve(_LEN.size + len(head) + sum(v.numel() * v.element_size()
+                                                  for v in arrays.values()))
         self._writer.write(_LEN.pack(len(head)) + head)
         for v in arrays.values():
             self._writer.write(v.contiguous().numpy().astype(_DTYPES[v.dtype]).tobytes())
@@ -177,6 +238,7 @@ class MaterialStore:
         path = self._const_path(key)
         arr = tensor.to(torch.int64).contiguous().numpy().astype("<i8")
         head = json.dumps({"key": key, "shape": list(arr.shape)}).encode()
+        self._reserve(_LEN.size + len(head) + arr.nbytes)
         _write_private(path, _LEN.pack(len(head)) + head + arr.tobytes())
         self._track_peak()
 
@@ -214,6 +276,11 @@ class MaterialStore:
     def _alive(self) -> None:
         if self._burned:
             raise MaterialError(f"{self.party}: store of session {self.header['session']} was burned")
+        if time.monotonic() - self._t0 > self.policy.ttl_s:
+            self.burn()
+            raise MaterialError(f"{self.party}: material of session {self.header['session']} "
+                                f"expired after {self.policy.ttl_s:g} s (--store-ttl) and was "
+                                "deleted")
 
     def burn(self) -> None:
         """Delete all material of this session (failed or finished)."""
@@ -221,5 +288,10 @@ class MaterialStore:
             if fh is not None:
                 fh.close()
         self._writer = self._reader = None
-        self._burned = True
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not self._burned:
+            self._burned = True
+            shutil.rmtree(self.dir, ignore_errors=True)
+            release(self.root, self._bytes)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)       # releases the lock: nothing is left to sweep
+            self._lock_fd = None

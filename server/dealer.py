@@ -39,7 +39,8 @@ class DealerServicer(rpc.DealerServicer):
         session_id = session_id_of(context)
         meter = Meter("dealer")
         chan = serve_stream(request_iterator, meter, link=f"dealer-{role or 'peer'}",
-                            session_id=session_id, transport=self.transport)
+                            session_id=session_id, transport=self.transport,
+                            integrity=self.insecure)
 
         def work():
             try:

@@ -5,6 +5,12 @@ weights to the client), then one online run per ``infer`` control message from t
 client, until ``finish``, when the server reports its own meter back (control traffic,
 not counted as protocol bytes). Any failure aborts the stream with a message for the
 client, and the session's material is burned. Other sessions are unaffected.
+
+Each family runs the model followed by the configured output policy
+(``models.output_policy``: the label, the top-k or the full output, computed inside the
+protocol before the reveal). Each client's queries are counted against ``--query-budget``
+(``server.budget``): reserved at Hello (refused with RESOURCE_EXHAUSTED when they do not
+fit), spent per ``infer``, the unused rest returned when the session ends.
 """
 
 from __future__ import annotations
@@ -16,19 +22,24 @@ import threading
 import time
 
 import grpc
+from google.protobuf.message import DecodeError
 
+from models import output_policy
 from protocols import tls
 from protocols.config import Config
-from protocols.endpoints import dial
+from protocols.endpoints import dial, wait_ready
 from protocols.families.base import RoleContext
 from protocols.grpc_link import open_stream, serve_stream, session_id_of
 from protocols.metering import Meter
 from protocols.session import VERSION, HandshakeError, check_hello
 from protocols.wire import pinfer_pb2 as pb
 from protocols.wire import pinfer_pb2_grpc as rpc
+from server.budget import BudgetExceeded, QueryBudget, client_identity
 
 log = logging.getLogger("pinfer.server")
 PENDING_TTL_S = 60.0
+DEALER_CONNECT_S = 3.0   # a dead or frozen dealer fails the session within it; a restarted
+                         # one is found again (reconnect backoff: 2 keepalives, 2 s default)
 
 
 def peak_rss_bytes() -> int:
@@ -43,8 +54,12 @@ def children_peak_rss_bytes() -> int:
 class PartyServicer(rpc.PartyServicer):
     def __init__(self, *, spec, weights, families: dict, config: Config, store_root,
                  dealer_target: str | None, dealer_tls: tls.TlsFiles | None, insecure: bool,
-                 ee_deployment: str | None = None):
+                 ee_deployment: str | None = None, query_budget: int | None = None):
         self.spec = spec
+        # the model as each family runs it: its forward followed by the output policy
+        # (models.output_policy; OutputPolicyError here if a family cannot serve it)
+        self.specs = {name: output_policy.apply(spec, config, name) for name in families}
+        self.budget = QueryBudget(query_budget)
         self.ee_deployment = ee_deployment
         self.weights = weights
         self.families = families
@@ -65,7 +80,7 @@ class PartyServicer(rpc.PartyServicer):
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "only a client certificate may connect")
         try:
             shape = check_hello(request, spec=self.spec, protocols=sorted(self.families),
-                                config_digest=self.config.digest())
+                                config_digest=self.config.digest(), config=self.config)
         except HandshakeError as exc:
             log.info("handshake refused: %s", exc)
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
@@ -73,12 +88,21 @@ class PartyServicer(rpc.PartyServicer):
         if family.uses_dealer and not self.dealer_target:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"protocol {family.name} needs a dealer; this server has none (--dealer)")
+        who = client_identity(context, self.insecure)
+        queries = request.inferences * shape[0]         # server.budget: one per example
+        try:
+            self.budget.reserve(who, queries)
+        except BudgetExceeded as exc:
+            log.info("session refused for %s: %s", who, exc)
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         sid = secrets.token_hex(16)
         now = time.monotonic()
         with self._lock:
             for old in [k for k, v in self._pending.items() if now - v[3] > PENDING_TTL_S]:
-                del self._pending[old]
-            self._pending[sid] = (family, shape, request.inferences, now, request.new_tokens)
+                _, _, _, _, _, old_who, old_queries = self._pending.pop(old)
+                self.budget.release(old_who, old_queries)
+            self._pending[sid] = (family, shape, request.inferences, now, request.new_tokens,
+                                  who, queries)
         return pb.HelloReply(session_id=sid, version=VERSION,
                              dealer=family.dealer_label)
 
@@ -89,16 +113,16 @@ class PartyServicer(rpc.PartyServicer):
             entry = self._pending.pop(sid, None)
         if entry is None:
             context.abort(grpc.StatusCode.NOT_FOUND, "unknown or expired session; say Hello first")
-        family, shape, inferences, _, new_tokens = entry
+        family, shape, inferences, _, new_tokens, who, _ = entry
         meter = Meter("server")
         chan = serve_stream(request_iterator, meter, link="peer", session_id=sid,
-                            transport=self.config.transport)
-        ctx = RoleContext(spec=self.spec, config=self.config, channel=chan, meter=meter,
-                          session_id=sid, input_shape=shape, inferences=inferences,
+                            transport=self.config.transport, integrity=self.insecure)
+        ctx = RoleContext(spec=self.specs[family.name], config=self.config, channel=chan,
+                          meter=meter, session_id=sid, input_shape=shape, inferences=inferences,
                           new_tokens=new_tokens, ee_deployment=self.ee_deployment,
                           store_root=self.store_root,
                           dealer_connect=(lambda: self._connect_dealer(meter, sid)))
-        threading.Thread(target=self._run, args=(family, ctx), daemon=True,
+        threading.Thread(target=self._run, args=(family, ctx, who), daemon=True,
                          name=f"session-{sid[:8]}").start()
         yield from chan.outgoing()
 
@@ -107,14 +131,17 @@ class PartyServicer(rpc.PartyServicer):
             if self._dealer_channel is None:
                 self._dealer_channel = dial(self.dealer_target, self.dealer_tls,
                                             self.config.transport)
+        wait_ready(self._dealer_channel, self.dealer_target, DEALER_CONNECT_S)
         stub = rpc.DealerStub(self._dealer_channel)
         return open_stream(stub.Session, meter, link="dealer", session_id=sid,
-                           transport=self.config.transport)
+                           transport=self.config.transport,
+                           integrity=self.dealer_tls is None)
 
-    def _run(self, family, ctx: RoleContext) -> None:
+    def _run(self, family, ctx: RoleContext, who: str = "") -> None:
         chan, meter = ctx.channel, ctx.meter
         role = None
         failed = True
+        runs, batch = 0, ctx.input_shape[0]
         try:
             role = family.server(ctx, self.weights)
             t0 = time.perf_counter()
@@ -125,6 +152,11 @@ class PartyServicer(rpc.PartyServicer):
                     ctl = chan.recv_json("ctl")
                 op = ctl.get("op") if isinstance(ctl, dict) else None
                 if op == "infer":
+                    if runs >= ctx.inferences:      # the session's reservation (server.budget)
+                        raise BudgetExceeded(f"query budget: this session reserved "
+                                             f"{ctx.inferences} inferences; no more are served")
+                    self.budget.spend(who, batch)
+                    runs += 1
                     t0 = time.perf_counter()
                     role.online()
                     meter.add_seconds("online", time.perf_counter() - t0)
@@ -140,6 +172,7 @@ class PartyServicer(rpc.PartyServicer):
             log.warning("session %s failed: %s", ctx.session_id[:8], exc)
             chan.abort(f"server: {exc}")
         finally:
+            self.budget.release(who, (ctx.inferences - runs) * batch)
             if role is not None:
                 role.close(failed=failed)
             chan.close()
@@ -157,3 +190,35 @@ class PartyServicer(rpc.PartyServicer):
         out["children_peak_rss_bytes"] = children_peak_rss_bytes()
         out["peak_storage_bytes"] = role.peak_storage_bytes()
         return out
+
+
+def _lenient(message_type):
+    """A request deserializer that refuses an undecodable message with one log line.
+
+    gRPC's default (``FromString`` raising) logs a traceback; when a deserializer returns
+    None instead, gRPC ends that call with INTERNAL ("Exception deserializing request!")
+    just the same, and the session's stream then ends (the session fails and is burned).
+    """
+    def decode(data: bytes):
+        try:
+            return message_type.FromString(data)
+        except DecodeError as exc:
+            log.warning("refused an undecodable %s of %d bytes: %s",
+                        message_type.DESCRIPTOR.name, len(data), exc)
+            return None
+    return decode
+
+
+def add_to_server(servicer: PartyServicer, server: grpc.Server) -> None:
+    """``rpc.add_PartyServicer_to_server`` with ``_lenient`` request deserializers."""
+    handlers = {
+        "Hello": grpc.unary_unary_rpc_method_handler(
+            servicer.Hello, request_deserializer=_lenient(pb.HelloRequest),
+            response_serializer=pb.HelloReply.SerializeToString),
+        "Session": grpc.stream_stream_rpc_method_handler(
+            servicer.Session, request_deserializer=_lenient(pb.Frame),
+            response_serializer=pb.Frame.SerializeToString),
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("pinfer.v1.Party", handlers),))
+    server.add_registered_method_handlers("pinfer.v1.Party", handlers)

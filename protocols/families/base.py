@@ -93,7 +93,8 @@ class Family(abc.ABC):
 
 
 def check_input(ctx: RoleContext, x: torch.Tensor) -> torch.Tensor:
-    """Input checks every family shares: dtype, shape, finite values."""
+    """Input checks every family shares: dtype, shape, finite values, the model's input
+    range (refused, never clipped: a value beyond it could overflow in the ring)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -103,6 +104,14 @@ def check_input(ctx: RoleContext, x: torch.Tensor) -> torch.Tensor:
                          f"{tuple(ctx.input_shape)}")
     if not torch.isfinite(x).all():
         raise ValueError("input holds NaN or inf")
+    bounds = getattr(ctx.spec, "input_range", None)
+    if bounds is not None and x.numel():
+        lo, hi = bounds
+        bad = (x < lo) | (x > hi)
+        if bool(bad.any()):
+            raise ValueError(f"input value {x[bad].flatten()[0].item():.6g} outside the model's "
+                             f"input range [{lo:g}, {hi:g}] ({int(bad.sum())} values); refused, "
+                             "not clipped or wrapped")
     if getattr(ctx.spec, "decoder", None) is not None:
         ctx.spec.decoder.prompt_length(x)
     return x.to(torch.float64)

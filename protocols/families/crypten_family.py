@@ -16,7 +16,8 @@ Offline: the workers start, CrypTen seeds its pseudo-random zero sharings (one s
 the peer, one global seed broadcast: 2 rounds, 16 bytes each way), the server encrypts
 its weights (no communication). CrypTen makes its triples during the forward, so nothing
 else is input-independent: its online figures include triple generation.
-Online: CrypTen's forward; the output is revealed to the client only (one reduce).
+Online: CrypTen's forward (followed by the output policy, ``models.output_policy``, on
+encrypted values); the output is revealed to the client only (one reduce).
 
 Leaks: under TFP party 0 (the client) draws every Beaver triple, comparison mask and
 wrap share itself, in the clear, from torch's default generator (seeded here from
@@ -64,7 +65,9 @@ class CryptenWorker:
         self.ctx = ctx
         start = {"rank": rank, "spec_ref": spec_ref(ctx.spec),
                  "arch_digest": ctx.spec.arch_digest(), "input_shape": list(ctx.input_shape),
-                 "gelu": ctx.config.crypten.gelu, "threads": ctx.config.threads}
+                 "gelu": ctx.config.crypten.gelu, "threads": ctx.config.threads,
+                 # models.output_policy, re-applied in the worker to the model it resolves
+                 "output": ctx.spec.notes.get("output_policy")}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "protocols.families.crypten_worker", json.dumps(start)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)

@@ -253,6 +253,10 @@ def main(argv) -> int:
         if spec.arch_digest() != start["arch_digest"]:
             raise ValueError(f"model {start['spec_ref']!r} resolves to architecture "
                              f"{spec.arch_digest()}, the role has {start['arch_digest']}")
+        if start.get("output"):                 # the output policy the role's spec carries
+            from models.output_policy import with_policy
+            out = start["output"]
+            spec = with_policy(spec, out["policy"], int(out["k"]), float(out["push"]))
         rank = int(start["rank"])
         weights = {} if rank == SERVER else None
         if rank == SERVER:

@@ -10,6 +10,7 @@ is not the next one, a frame of another session. Never pickle.
 from __future__ import annotations
 
 import math
+import zlib
 
 import numpy as np
 import torch
@@ -41,9 +42,19 @@ def dtype_name(tensor: torch.Tensor) -> str:
     return name
 
 
+def frame_crc(frame: pb.Frame) -> int:
+    """CRC-32 of every field but ``crc``: what an integrity-checked link (no TLS) adds."""
+    head = (f"{frame.session_id}|{frame.seq}|{frame.epoch}|{frame.round}|{frame.tag}|"
+            f"{frame.dtype}|{list(frame.shape)}|{frame.chunk}|{frame.chunks}|{frame.error}")
+    return zlib.crc32(frame.body, zlib.crc32(head.encode()))
+
+
 def encode(tag: str, tensor: torch.Tensor, *, session_id: str, seq: int, epoch: int,
-           round_no: int, max_chunk: int = DEFAULT_MAX_CHUNK) -> list[pb.Frame]:
-    """Split one tensor into frames (at least one, even when empty)."""
+           round_no: int, max_chunk: int = DEFAULT_MAX_CHUNK,
+           integrity: bool = False) -> list[pb.Frame]:
+    """Split one tensor into frames (at least one, even when empty); ``integrity``: each
+    frame carries its CRC-32 (for links without TLS, which would otherwise deliver a
+    flipped bit as a wrong value)."""
     name = dtype_name(tensor)
     if tensor.dim() > MAX_DIMS:
         raise FrameError(f"tensor for {tag!r} has {tensor.dim()} dims; at most {MAX_DIMS}")
@@ -56,11 +67,16 @@ def encode(tag: str, tensor: torch.Tensor, *, session_id: str, seq: int, epoch: 
             session_id=session_id, seq=seq + i, epoch=epoch, round=round_no, tag=tag,
             dtype=name, shape=list(array.shape), body=body[i * max_chunk:(i + 1) * max_chunk],
             chunk=i, chunks=chunks))
+        if integrity:
+            frames[-1].crc = frame_crc(frames[-1])
     return frames
 
 
-def error_frame(message: str, *, session_id: str, seq: int) -> pb.Frame:
-    return pb.Frame(session_id=session_id, seq=seq, error=message[:2000] or "aborted")
+def error_frame(message: str, *, session_id: str, seq: int, integrity: bool = False) -> pb.Frame:
+    frame = pb.Frame(session_id=session_id, seq=seq, error=message[:2000] or "aborted")
+    if integrity:
+        frame.crc = frame_crc(frame)
+    return frame
 
 
 class Reassembler:
@@ -70,8 +86,10 @@ class Reassembler:
     ``(tag, tensor, epoch, round, payload_bytes, frame_bytes)`` on its last chunk.
     """
 
-    def __init__(self, session_id: str, max_tensor_bytes: int = MAX_TENSOR_BYTES):
+    def __init__(self, session_id: str, max_tensor_bytes: int = MAX_TENSOR_BYTES,
+                 integrity: bool = False):
         self.session_id = session_id
+        self.integrity = integrity
         self.max_tensor_bytes = max_tensor_bytes
         self.next_seq = 1
         self._parts: list[bytes] = []
@@ -80,6 +98,9 @@ class Reassembler:
         self._received = 0
 
     def feed(self, frame: pb.Frame):
+        if self.integrity and frame.crc != frame_crc(frame):
+            raise FrameError(f"frame step {frame.seq} ({frame.tag!r}) fails its checksum: "
+                             "corrupted in transit")
         if frame.session_id != self.session_id:
             raise FrameError(
                 f"frame of session {frame.session_id!r} on session {self.session_id!r}")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bprotocols/wire/pinfer.proto\x12\tpinfer.v1\"\xad\x01\n\x05\x46rame\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\r\n\x05\x65poch\x18\x03 \x01(\r\x12\r\n\x05round\x18\x04 \x01(\r\x12\x0b\n\x03tag\x18\x05 \x01(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\r\n\x05shape\x18\x07 \x03(\x03\x12\x0c\n\x04\x62ody\x18\x08 \x01(\x0c\x12\r\n\x05\x63hunk\x18\t \x01(\r\x12\x0e\n\x06\x63hunks\x18\n \x01(\r\x12\r\n\x05\x65rror\x18\x0b \x01(\t\"\xa9\x01\n\x0cHelloRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08protocol\x18\x02 \x01(\t\x12\x15\n\rconfig_digest\x18\x03 \x01(\t\x12\x13\n\x0b\x61rch_digest\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x13\n\x0binput_shape\x18\x06 \x03(\x03\x12\x12\n\ninferences\x18\x07 \x01(\r\x12\x12\n\nnew_tokens\x18\x08 \x01(\r\"A\n\nHelloReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65\x61ler\x18\x03 \x01(\t2s\n\x05Party\x12\x37\n\x05Hello\x12\x17.pinfer.v1.HelloRequest\x1a\x15.pinfer.v1.HelloReply\x12\x31\n\x07Session\x12\x10.pinfer.v1.Frame\x1a\x10.pinfer.v1.Frame(\x01\x30\x01\x32;\n\x06\x44\x65\x61ler\x12\x31\n\x07Session\x12\x10.pinfer.v1.Frame\x1a\x10.pinfer.v1.Frame(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bprotocols/wire/pinfer.proto\x12\tpinfer.v1\"\xba\x01\n\x05\x46rame\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\r\n\x05\x65poch\x18\x03 \x01(\r\x12\r\n\x05round\x18\x04 \x01(\r\x12\x0b\n\x03tag\x18\x05 \x01(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\r\n\x05shape\x18\x07 \x03(\x03\x12\x0c\n\x04\x62ody\x18\x08 \x01(\x0c\x12\r\n\x05\x63hunk\x18\t \x01(\r\x12\x0e\n\x06\x63hunks\x18\n \x01(\r\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x0b\n\x03\x63rc\x18\x0c \x01(\x07\"\xa9\x01\n\x0cHelloRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08protocol\x18\x02 \x01(\t\x12\x15\n\rconfig_digest\x18\x03 \x01(\t\x12\x13\n\x0b\x61rch_digest\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x13\n\x0binput_shape\x18\x06 \x03(\x03\x12\x12\n\ninferences\x18\x07 \x01(\r\x12\x12\n\nnew_tokens\x18\x08 \x01(\r\"A\n\nHelloReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65\x61ler\x18\x03 \x01(\t2s\n\x05Party\x12\x37\n\x05Hello\x12\x17.pinfer.v1.HelloRequest\x1a\x15.pinfer.v1.HelloReply\x12\x31\n\x07Session\x12\x10.pinfer.v1.Frame\x1a\x10.pinfer.v1.Frame(\x01\x30\x01\x32;\n\x06\x44\x65\x61ler\x12\x31\n\x07Session\x12\x10.pinfer.v1.Frame\x1a\x10.pinfer.v1.Frame(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,13 +32,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protocols.wire.pinfer_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_FRAME']._serialized_start=43
-  _globals['_FRAME']._serialized_end=216
-  _globals['_HELLOREQUEST']._serialized_start=219
-  _globals['_HELLOREQUEST']._serialized_end=388
-  _globals['_HELLOREPLY']._serialized_start=390
-  _globals['_HELLOREPLY']._serialized_end=455
-  _globals['_PARTY']._serialized_start=457
-  _globals['_PARTY']._serialized_end=572
-  _globals['_DEALER']._serialized_start=574
-  _globals['_DEALER']._serialized_end=633
+  _globals['_FRAME']._serialized_end=229
+  _globals['_HELLOREQUEST']._serialized_start=232
+  _globals['_HELLOREQUEST']._serialized_end=401
+  _globals['_HELLOREPLY']._serialized_start=403
+  _globals['_HELLOREPLY']._serialized_end=468
+  _globals['_PARTY']._serialized_start=470
+  _globals['_PARTY']._serialized_end=585
+  _globals['_DEALER']._serialized_start=587
+  _globals['_DEALER']._serialized_end=646
 # @@protoc_insertion_point(module_scope)

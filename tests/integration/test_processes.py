@@ -21,10 +21,14 @@ from models.digits import as_model_input, load_split
 from models.registry import get_model
 from protocols import tls
 from protocols.channel import PeerError
-from protocols.config import Config, FixedPointConfig
+from protocols.config import Config, FixedPointConfig, OutputConfig
 from protocols.session import HandshakeError
 
 MODEL = "digits-mlp"
+# these tests compare logits: Deployment starts a classifier's server with
+# output.policy=full (the default policy reveals only the label), the clients ask the same
+FULL = Config(output=OutputConfig("full"))
+FULL_ARGS = ["--set", "output.policy=full"]
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +47,7 @@ def data():
 
 def session(dep, tmp_path, protocol="mpc", **kw):
     kw.setdefault("inferences", 1)
+    kw.setdefault("config", FULL)
     return PrivateInference(model=MODEL, protocol=protocol, server=dep.server_address,
                             dealer=dep.dealer_address, tls=dep.client_tls(),
                             store_root=tmp_path / "cstore", **kw)
@@ -100,13 +105,13 @@ def test_other_ca_client_refused(dep, tmp_path):
 
 
 def test_handshake_mismatch_refused_naming_both_values(dep, tmp_path):
-    cfg = Config(fixed=FixedPointConfig(frac_bits=18))
+    cfg = Config(fixed=FixedPointConfig(frac_bits=18), output=OutputConfig("full"))
     s = session(dep, tmp_path, config=cfg)
     with pytest.raises(HandshakeError) as err:
         s.connect()
     msg = str(err.value)
     assert "config digest" in msg
-    assert cfg.digest() in msg and Config().digest() in msg
+    assert cfg.digest() in msg and FULL.digest() in msg
 
 
 def test_dealer_gives_material_only_to_the_certified_role(dep, tmp_path):
@@ -134,7 +139,8 @@ def test_cli_writes_a_record(dep, tmp_path):
     out = tmp_path / "rec.json"
     cmd = [sys.executable, "-m", "client", "--model", MODEL, "--protocol", "mpc",
            "--server", dep.server_address, "--dealer", dep.dealer_address, "--index", "17",
-           "--certs", str(dep.certs), "--store", str(tmp_path / "s"), "--json", str(out)]
+           "--certs", str(dep.certs), "--store", str(tmp_path / "s"), "--json", str(out),
+           *FULL_ARGS]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "prediction:" in res.stdout and "online" in res.stdout
@@ -155,7 +161,7 @@ def test_vanished_or_frozen_server_detected_within_seconds(tmp_path, data, sig):
     with Deployment(MODEL, ["mpc"], certs=tmp_path / "certs", workdir=tmp_path) as d:
         s = PrivateInference(model=MODEL, protocol="mpc", server=d.server_address,
                              dealer=d.dealer_address, tls=d.client_tls(), inferences=2,
-                             store_root=tmp_path / "cstore")
+                             store_root=tmp_path / "cstore", config=FULL)
         s.connect()
         s.offline()
         s.infer(xs[0])
@@ -218,7 +224,7 @@ def test_he_protocols_over_grpc(tmp_path, protocol, rounds):
         cmd = [sys.executable, "-m", "client", "--model", MODEL, "--protocol", protocol,
                "--server", d.server_address, "--dealer", d.dealer_address, "--index", "17",
                "--certs", str(d.certs), "--store", str(tmp_path / "s"), "--json",
-               str(tmp_path / "rec.json")]
+               str(tmp_path / "rec.json")] + FULL_ARGS
         res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     rec = json.loads((tmp_path / "rec.json").read_text())
@@ -266,7 +272,7 @@ def test_sigterm_lets_the_session_in_flight_finish_and_refuses_new_ones(tmp_path
     with Deployment(MODEL, ["he"], certs=tmp_path / "certs", workdir=tmp_path) as d:
         s = PrivateInference(model=MODEL, protocol="he", server=d.server_address,
                              dealer=d.dealer_address, tls=d.client_tls(), inferences=1,
-                             store_root=tmp_path / "cstore")
+                             store_root=tmp_path / "cstore", config=FULL)
         s.connect()
         s.offline()
         server = d.proc("server").popen
@@ -277,7 +283,7 @@ def test_sigterm_lets_the_session_in_flight_finish_and_refuses_new_ones(tmp_path
         assert (y - ref).abs().max().item() < ERROR_BUDGET[MODEL]
         late = PrivateInference(model=MODEL, protocol="he", server=d.server_address,
                                 dealer=d.dealer_address, tls=d.client_tls(),
-                                store_root=tmp_path / "late", connect_timeout=3)
+                                store_root=tmp_path / "late", connect_timeout=3, config=FULL)
         with pytest.raises((ConnectionError, PeerError, HandshakeError)):
             late.connect()
         server.wait(timeout=15)

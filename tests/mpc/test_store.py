@@ -3,8 +3,10 @@ reused or regenerated; files are private; a burned or damaged store refuses use.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +14,8 @@ import torch
 from mpc import protocol
 from mpc.protocol import CLIENT, SERVER, Party
 from protocols.needs import Need, Needs
-from protocols.store import MaterialError, MaterialStore
+from protocols import store_root
+from protocols.store import MaterialError, MaterialStore, QuotaError
 from tests.mpc.harness import ProtocolPair, needs_of, ring_random, split
 
 MUL = Need.make("mul", "layer0", shape=(2, 3))
@@ -141,12 +144,12 @@ def test_files_are_owner_only(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(store.dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "root").stat().st_mode) == 0o700   # a new root too
     files = sorted(p.name for p in store.dir.iterdir())
     assert files == ["const-fc1_weight.bin", "header.json", "material.bin", "seed.bin"]
     for p in store.dir.iterdir():
         assert stat.S_IMODE(p.stat().st_mode) == 0o600, p.name
     # the header names the public facts
-    import json
     header = json.loads((store.dir / "header.json").read_text())
     assert header == {"family": "mpc", "ring": "Z_2^64", "frac_bits": 16, "session": "sess1",
                       "party": "server", "needs": needs_of(SQ, TR).digest(), "items": 2}
@@ -262,3 +265,131 @@ def test_wrong_shaped_correction_is_refused(tmp_path):
         store.append(0, "trunc", {"msb": one, "mid": one})   # the plan says shape (4,)
         store.finish_writing()
         Party(SERVER, None, store, 16).take(TR)
+
+
+# -- housekeeping: quota, orphans, expiry ---------------------------------------------------
+
+MUL_BYTES = 2 * 3 * 8          # one "c" record of MUL
+
+
+def test_quota_exceeded_names_quota_and_size_and_burns_the_session(tmp_path):
+    root = tmp_path / "q"
+    store_root.configure(root, quota_bytes=4096)
+    other = make_store(root, needs_of(SQ), session="other")     # a bystander under the root
+    big = Needs((MUL,), inferences=100)                          # 100 records of 48 bytes
+    store = make_store(root, big)
+    store.write_seed(bytes(16))
+    with pytest.raises(QuotaError) as err:
+        for i in range(100):
+            store.append(i, "mul", {"c": torch.zeros(2, 3, dtype=torch.int64)})
+    assert 0 < i < 100                                           # some records fitted
+    head = json.dumps({"index": i, "kind": "mul", "arrays": [["c", [2, 3], "<i8"]]})
+    msg = str(err.value)
+    assert "store quota exceeded" in msg and "quota of 4096 bytes" in msg
+    assert f"writing {4 + len(head) + MUL_BYTES} bytes" in msg and str(root) in msg
+    assert isinstance(err.value, MaterialError)
+    assert not store.dir.exists()                                # the partial session burned
+    with pytest.raises(MaterialError, match="burned"):
+        store.take(MUL, explicit=True)
+    assert other.dir.exists()                                    # the bystander is untouched
+    # the burned session's bytes are free again: a new session of the same size fits ...
+    again = make_store(root, Needs((MUL,), inferences=20), session="again")
+    for i in range(20):
+        again.append(i, "mul", {"c": torch.zeros(2, 3, dtype=torch.int64)})
+    # ... and the quota counts every store under the root, not one at a time
+    third = make_store(root, big, session="third")
+    with pytest.raises(QuotaError):
+        for i in range(100):
+            third.append(i, "mul", {"c": torch.zeros(2, 3, dtype=torch.int64)})
+    assert store_root.root_bytes(root) <= 4096
+
+
+def test_quota_refuses_constants_and_counts_what_is_already_on_disk(tmp_path):
+    root = tmp_path / "q2"
+    (root / "outsider").mkdir(parents=True)
+    (root / "outsider" / "blob").write_bytes(bytes(3000))       # not ours, but it uses room
+    store_root.configure(root, quota_bytes=4096)
+    store = make_store(root, needs_of(SQ))
+    store.put_constant("small", torch.ones(8, dtype=torch.int64))
+    with pytest.raises(QuotaError, match="quota of 4096 bytes"):
+        store.put_constant("fc1.weight", torch.ones(200, dtype=torch.int64))   # 1600 bytes
+    assert not store.dir.exists()
+    assert (root / "outsider" / "blob").exists()                 # never touched
+
+
+def test_policy_values_are_checked_and_sizes_parse():
+    with pytest.raises(ValueError, match="positive"):
+        store_root.StorePolicy(quota_bytes=0)
+    assert store_root.parse_size("2G") == 2 << 30
+    assert store_root.parse_size("500M") == 500 << 20
+    assert store_root.parse_size("4096") == 4096
+    with pytest.raises(ValueError, match="expected a number of bytes"):
+        store_root.parse_size("lots")
+
+
+KILLED_OWNER = """
+import os, signal, sys
+from protocols.needs import Need, Needs
+from protocols.store import MaterialStore
+s = MaterialStore(sys.argv[1], party="client", session_id="dead", family="mpc",
+                  frac_bits=16, needs=Needs((Need.make("square", "l", shape=(4,)),), (), 1))
+s.write_seed(bytes(16))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_material_of_a_killed_owner_is_swept_and_a_live_store_is_kept(tmp_path):
+    import subprocess
+    import sys
+    root = tmp_path / "orphans"
+    live = make_store(root, needs_of(SQ), session="live")
+    repo = Path(store_root.__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-c", KILLED_OWNER, str(root)], cwd=repo,
+                         capture_output=True, timeout=60)
+    assert res.returncode == -9, res.stderr
+    dead = root / "dead-client"
+    assert (dead / "seed.bin").exists()                          # the killed process left it
+    assert store_root.sweep(root) == ["dead-client"]
+    assert not dead.exists() and live.dir.exists()
+    # a new session sweeps too: leave another orphan by dropping a store without burning
+    leaked = make_store(root, needs_of(SQ), session="leaked")
+    leaked_dir = leaked.dir
+    os.close(leaked._lock_fd)                                    # as if its process died
+    leaked._lock_fd = None
+    make_store(root, needs_of(SQ), session="next")
+    assert not leaked_dir.exists() and live.dir.exists()
+
+
+def test_expired_material_is_deleted_and_a_live_store_refuses_after_its_ttl(tmp_path):
+    root = tmp_path / "ttl"
+    store_root.configure(root, ttl_s=3600)
+    old = make_store(root, needs_of(SQ), session="old")
+    fresh = make_store(root, needs_of(SQ), session="fresh")
+    old.write_seed(bytes(16))
+    two_hours_ago = os.path.getmtime(old.dir / "header.json") - 7200
+    os.utime(old.dir / "header.json", (two_hours_ago, two_hours_ago))
+    assert store_root.sweep(root) == ["old-server"]               # expired though its owner lives
+    assert fresh.dir.exists()
+    assert store_root.sweep(root, max_age_s=1e-9) == ["fresh-server"]
+    # the owner of a store past its TTL burns it and refuses use, naming the TTL
+    mine = make_store(root, needs_of(SQ), session="mine")
+    mine.write_seed(bytes(16))
+    mine._t0 -= 3601                                             # an hour and a second later
+    with pytest.raises(MaterialError, match="expired after 3600 s"):
+        mine.take(SQ, explicit=False)
+    assert not mine.dir.exists()
+
+
+def test_sweep_leaves_half_made_stores_in_their_grace_and_foreign_things_alone(tmp_path):
+    root = tmp_path / "half"
+    root.mkdir()
+    (root / "notes.txt").write_text("not material")
+    (root / "not-a-store").mkdir()                               # no header: not ours
+    young = root / ".tmp-abc-client-0001"
+    stale = root / ".tmp-def-client-0002"
+    young.mkdir()
+    stale.mkdir()
+    then = os.path.getmtime(stale) - 2 * store_root.TMP_GRACE_S
+    os.utime(stale, (then, then))
+    assert store_root.sweep(root, max_age_s=1e-9) == [stale.name]
+    assert young.exists() and (root / "notes.txt").exists() and (root / "not-a-store").exists()
