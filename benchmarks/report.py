@@ -24,11 +24,13 @@ EE_NOTE = ("`ee` is obfuscation with its own threat model, not cryptography: a h
 
 
 def label(r) -> str:
-    """The protocol and its non-default arithmetic settings that concern it (transport
-    tuning left out; ``crypten.*`` only for crypten, whose arithmetic ignores ``compare.*``)."""
-    own = (lambda s: s.startswith("crypten.")) if r["protocol"] == "crypten" else \
-        (lambda s: not s.startswith(("crypten.", "transport.")))
-    extra = [s for s in r["params"].get("settings", []) if own(s)]
+    """The protocol and its non-default settings that change its arithmetic: ``crypten.*``
+    for crypten, ``compare.*``, ``fixed.*`` and ``kv.*`` for mpc, he and hybrid; none
+    for plaintext and ee; transport tuning never."""
+    mine = {"crypten": ("crypten.",), "mpc": ("compare.", "fixed.", "kv."),
+            "he": ("compare.", "fixed."), "hybrid": ("compare.", "fixed.")}
+    extra = [s for s in r["params"].get("settings", [])
+             if s.startswith(mine.get(r["protocol"], ()) or ("\0",))]
     return r["protocol"] + (f" [{', '.join(extra)}]" if extra else "")
 
 
@@ -67,7 +69,7 @@ def crypten_comparison(rows) -> list[str]:
             "client) makes every triple itself, so its totals carry no dealer traffic and "
             "its online time includes making the triples, while it gives no security "
             "against the client; a dealer-backed CrypTen (TTP) sends about 28% more "
-            "(REFERENCES.md). Fidelity: cosine to plaintext (embeddings).", "",
+            "(REFERENCES.md). Fidelity: cosine to plaintext for embeddings, max |logit error| for digits.", "",
             "| model | mpc variant | online s (x) | online sent per party (x) | rounds | "
             "total bytes/inf | inferences per session | fidelity |", "|" + "---|" * 8,
             *lines, ""]
