@@ -81,7 +81,8 @@ def table(rows: list[dict]) -> list[str]:
     out = ["| class | case | cases | crashes | hangs | reused preprocessing | wrong results |",
            "|---|---|---|---|---|---|---|"]
     for r in rows:
-        out.append(f"| {r['class']} | {r['case']} | {r['cases']} | " +
+        case = r["case"] + (f" (reported in {r['detect_s']:.2f} s)" if "detect_s" in r else "")
+        out.append(f"| {r['class']} | {case} | {r['cases']} | " +
                    " | ".join(str(r.get(c, 0)) for c in COLUMNS) + " |")
     tot = {c: sum(r.get(c, 0) for r in rows) for c in COLUMNS}
     out.append(f"| **total** | {len(rows)} kinds | {sum(r['cases'] for r in rows)} | " +

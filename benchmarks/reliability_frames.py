@@ -3,7 +3,9 @@
 * ``fuzz_in_process(n, seed)``: n seeded cases (random protobuf bytes, mutated valid
   frames, wrong dtype / shape / size / step / session, truncated bodies, oversized headers,
   replays, peer aborts) fed to a receiving ``Channel`` (the codec's ``Reassembler`` behind
-  ``recv``, ``recv_json`` and ``exchange``), exactly as a party reads its peer.
+  ``recv``, ``recv_json`` and ``exchange``), exactly as a party reads its peer on a link
+  without TLS: every frame carries a CRC-32, which the crafted frames get right (a hostile
+  peer computes it), so the checks behind it run; mutated bytes model corruption in flight.
 * ``fuzz_over_grpc``, ``replay_over_grpc`` (``benchmarks.bad_streams``) and
   ``corrupt_through_proxy`` (``benchmarks.bad_clients``): crafted streams against a real
   server process, replayed and other-session frames from real clients, and real sessions
@@ -81,7 +83,7 @@ def _encode(msgs, rng: random.Random) -> list[pb.Frame]:
     frames, seq = [], 1
     for round_no, (tag, t, _) in enumerate(msgs, 1):
         part = codec.encode(tag, t, session_id=SID, seq=seq, epoch=1, round_no=round_no,
-                            max_chunk=rng.choice([1, 7, 16, 64, 4096]))
+                            max_chunk=rng.choice([1, 7, 16, 64, 4096]), integrity=True)
         seq += len(part)
         frames += part
     return frames
@@ -137,8 +139,12 @@ def _case(kind: str, rng: random.Random):
     f = frames[i]
     if kind == "random bytes":
         return [rng.randbytes(rng.randint(0, 300)) for _ in range(rng.randint(1, 3))], msgs
-    if kind == "random fields":
-        return [_random_frame(rng) for _ in range(rng.randint(1, 4))], msgs
+    if kind == "random fields":      # half with a valid CRC, so the checks behind it run
+        items = [_random_frame(rng) for _ in range(rng.randint(1, 4))]
+        for g in items:
+            if rng.random() < 0.5:
+                g.crc = codec.frame_crc(g)
+        return items, msgs
     if kind == "mutated bytes":
         items = [g.SerializeToString() for g in frames]
         for j in {rng.randrange(len(items)) for _ in range(rng.randint(1, 2))}:
@@ -181,7 +187,10 @@ def _case(kind: str, rng: random.Random):
         copy = pb.Frame.FromString(frames[j].SerializeToString())
         frames.insert(rng.randint(j + 1, len(frames)), copy)
     elif kind == "peer abort":
-        frames.insert(i, codec.error_frame("peer gave up", session_id=SID, seq=f.seq))
+        frames.insert(i, codec.error_frame("peer gave up", session_id=SID, seq=f.seq,
+                                           integrity=True))
+    for g in frames:    # a hostile peer computes a valid CRC for what it crafts
+        g.crc = codec.frame_crc(g)
     return frames, msgs
 
 
@@ -199,7 +208,7 @@ def _receive(items, msgs) -> tuple[str, str]:
         inbox.put(item if isinstance(item, bytes) else item.SerializeToString())
     inbox.put(_CLOSED)
     chan = QueueChannel(Meter("server"), queue.Queue(), inbox, link="fuzz", session_id=SID,
-                        recv_timeout=HANG_S)
+                        recv_timeout=HANG_S, integrity=True)
     altered = False
     try:
         for tag, want, is_json in msgs:
