@@ -5,7 +5,8 @@ reference, same model, same inputs, one thread (CPU; CUDA rows when a GPU is pre
 
 Fast path (``protocols.families.plaintext.FastOps``): float32, inference mode, one-hot
 rows against wide tables gathered instead of multiplied. Naive: ``TorchOps`` in float32,
-eager, every layer a matmul. Seconds: medians of ``--runs`` interleaved runs; error: max
+eager, every layer a matmul. Candidates measured beside it: the same in bfloat16
+(``fast-bf16``) and, for MiniLM, attention as one fused SDPA call (``fast-sdpa``). Seconds: medians of ``--runs`` interleaved runs; error: max
 abs difference to float64 (decoders: real rows only). Records:
 ``benchmarks/results/plaintext.jsonl``; table ``plaintext.md``.
 """
@@ -21,7 +22,7 @@ import torch
 
 from benchmarks.records import append_records, base_record, read_records
 from models.registry import get_model
-from protocols.families.plaintext import FastOps, run_fast
+from protocols.families.plaintext import FastOps, SdpaOps, run_fast
 from protocols.ops import TorchOps
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -52,8 +53,12 @@ def measure(name, label, x, runs, device) -> list[dict]:
     ref = spec.forward(TorchOps(w, exact=True), x)
     naive = TorchOps(w, dtype=torch.float32, device=device, exact=True)
     fast = FastOps(w, device=device)
+    candidates = {"fast-bf16": FastOps(w, dtype=torch.bfloat16, device=device)}
+    if name == "minilm":
+        candidates["fast-sdpa"] = SdpaOps(w, device=device)
     paths = {"naive-eager-float32": lambda: run_fast(spec, naive, x),
              "fast": lambda: run_fast(spec, fast, x),
+             **{k: (lambda o=o: run_fast(spec, o, x)) for k, o in candidates.items()},
              "float64-reference": lambda: run_fast(spec, TorchOps(w, exact=True), x)}
     times = {k: [] for k in paths}
     for i in range(runs):
@@ -65,8 +70,8 @@ def measure(name, label, x, runs, device) -> list[dict]:
     out = []
     base = statistics.median(times["naive-eager-float32"])
     for k, fn in paths.items():
-        y = run_fast(spec, naive if k.startswith("naive") else fast, x) if k != \
-            "float64-reference" else ref
+        ops = naive if k.startswith("naive") else candidates.get(k, fast)
+        y = run_fast(spec, ops, x) if k != "float64-reference" else ref
         secs = statistics.median(times[k])
         err = float((y[:, real] - ref[:, real]).abs().max()) if spec.decoder else \
             float((y - ref).abs().max())

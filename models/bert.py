@@ -105,6 +105,12 @@ def _attention(ops, h, mask, i, cfg):
         qkv = ops.linear(h, f"l{i}.qkv")                                   # (B, T, 3d)
     qkv = ops.permute(ops.reshape(qkv, (b, t, 3, nh, dh)), (2, 0, 3, 1, 4))  # (3, B, H, T, dh)
     q, k, v = (ops.reshape(ops.narrow(qkv, 0, j, 1), (b, nh, t, dh)) for j in range(3))
+    own = native(ops, "attention")          # a fused kernel (plaintext SDPA), q pre-scaled
+    if own is not None:
+        c = own(q, k, v, mask)                                             # (B, H, T, dh)
+        c = ops.reshape(ops.permute(c, (0, 2, 1, 3)), (b, t, d))
+        with ops.scope("out"):
+            return ops.linear(c, f"l{i}.o")
     with ops.scope("scores"):
         s = ops.add(ops.matmul(q, ops.permute(k, (0, 1, 3, 2))), mask)      # (B, H, T, T)
     with ops.scope("softmax"):

@@ -19,6 +19,7 @@ learns the output. The speed reference, not a private protocol.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from protocols.families.base import ClientRole, Family, RoleContext, ServerRole, check_input
 from protocols.ops import TorchOps
@@ -98,6 +99,18 @@ class FastOps(TorchOps):
                 b = self.weights.get(f"{layer}.bias")
                 return out if b is None else out + b
         return super().linear(x, layer)
+
+
+class SdpaOps(FastOps):
+    """FastOps with attention as one fused call (``F.scaled_dot_product_attention``, scale 1:
+    the model pre-scales its queries) instead of matmul, softmax, matmul."""
+
+    def __init__(self, weights, dtype=torch.float32, device=None):
+        super().__init__(weights, dtype=dtype, device=device)
+        self.name = self.name.replace("fast-", "fast-sdpa-")
+
+    def native_attention(self, q, k, v, mask):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), scale=1.0)
 
 
 def run_fast(spec, ops, x):
