@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from benchmarks.bad_clients import corrupt_through_proxy
+from benchmarks.launch import WIREPROXY
 from benchmarks.bad_streams import GRPC_KINDS, REPLAY_CASES, fuzz_over_grpc, replay_over_grpc
 from benchmarks.launch import Deployment
 from benchmarks.reliability_frames import KINDS, fuzz_in_process
@@ -71,6 +72,11 @@ def test_replayed_duplicated_and_other_session_frames_are_refused(dep):
     assert_healthy(r["server"])
 
 
+needs_proxy = pytest.mark.skipif(not WIREPROXY.is_file(),
+                                 reason=f"the wire proxy {WIREPROXY} is not beside the checkout")
+
+
+@needs_proxy
 def test_corruption_in_flight_insecure(dep):
     """Flipped bits in the preface, the handshake and mid-session (inside the masked
     weights): no crash, no hang, the server healthy. Under --insecure nothing guards a
@@ -86,6 +92,7 @@ def test_corruption_in_flight_insecure(dep):
     assert_healthy(r["server"])
 
 
+@needs_proxy
 def test_corruption_in_flight_mtls_ends_cleanly(tmp_path):
     r = corrupt_through_proxy(insecure=False, n=4, workdir=tmp_path)
     row = r["rows"][0]
