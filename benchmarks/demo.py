@@ -1,6 +1,6 @@
 """``make demo``: a dealer, a server and clients as separate processes with mutual TLS on
-loopback; the digits MLP and CNN under ``plaintext``, ``mpc``, ``he`` and ``hybrid`` on a few
-test images; one side-by-side table.
+loopback; the digits MLP and CNN under ``plaintext``, ``mpc``, ``he``, ``hybrid`` and ``crypten``
+on a few test images; one side-by-side table.
 
     python -m benchmarks demo [--images 5] [--models digits-mlp,digits-cnn]
 """
@@ -20,7 +20,7 @@ from client.reference import plaintext_forward
 from models.digits import as_model_input, load_split
 from models.registry import get_model
 
-PROTOCOLS = ("plaintext", "mpc", "he", "hybrid")
+PROTOCOLS = ("plaintext", "mpc", "he", "hybrid", "crypten")
 
 
 def main(argv=None) -> None:
@@ -81,7 +81,8 @@ def main(argv=None) -> None:
           "(no privacy); mpc: 2PC with a non-colluding dealer process (ReLU by FSS keys); "
           "he: CKKS for the layers with server weights (keys sent offline), 2PC for the rest; "
           "hybrid: BFV masks made offline, one masked vector per layer online, dealer for the "
-          "rest. The clients here ask for full logits (--set output.policy=full on server and "
+          "rest; crypten: CrypTen 0.4.1 over our channel, its TFP provider making every triple "
+          "in the client (a cost baseline, no security against the client). The clients here ask for full logits (--set output.policy=full on server and "
           "client, to measure the error); by default a server reveals only the label (the "
           "one-hot of the argmax, computed inside the protocol) and --query-budget N caps "
           "each client's queries.")
