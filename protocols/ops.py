@@ -242,7 +242,26 @@ class TensorStructure:
         return x.index_select(dim, torch.as_tensor(list(index), dtype=torch.long, device=x.device))
 
 
-class TorchOps(TensorStructure, Ops):
+class OperatorArithmetic:
+    """``add``, ``sub`` and ``add_weight`` by Python operators, for backends whose values
+    support them and whose ``self.weights`` maps names to server tensors (plain torch,
+    CrypTen's encrypted tensors)."""
+
+    def add_weight(self, x, name, rows=None):
+        try:
+            p = self.weights[name]
+        except KeyError:
+            raise KeyError(f"no weight {name!r}") from None
+        return x + (p if rows is None else p[:rows])
+
+    def add(self, x, y):
+        return x + y
+
+    def sub(self, x, y):
+        return x - y
+
+
+class TorchOps(TensorStructure, OperatorArithmetic, Ops):
     """Plain torch: the float64 reference and the fast float32/bf16 path (CPU or CUDA)."""
 
     def __init__(self, weights: dict[str, torch.Tensor], dtype=torch.float64, device="cpu",
@@ -275,19 +294,6 @@ class TorchOps(TensorStructure, Ops):
     def affine(self, x, layer):
         w, b = self._w(layer)
         return x * w + (0 if b is None else b)
-
-    def add_weight(self, x, name, rows=None):
-        try:
-            p = self.weights[name]
-        except KeyError:
-            raise KeyError(f"no weight {name!r}") from None
-        return x + (p if rows is None else p[:rows])
-
-    def add(self, x, y):
-        return x + y
-
-    def sub(self, x, y):
-        return x - y
 
     def neg(self, x):
         return -x

@@ -35,14 +35,14 @@ import math
 
 import torch
 
-from protocols.ops import Ops
+from protocols.ops import OperatorArithmetic, Ops
 
 LN_INPUT_SCALE = {"embed_ln": 16.0}   # public factors on centred LayerNorm inputs
 NORM_ITERS = 6                        # Newton steps for the final normalisation
 GELU_FORMS = ("tanh", "sigmoid")
 
 
-class CryptenOps(Ops):
+class CryptenOps(OperatorArithmetic, Ops):
     """Ops on CrypTen MPC tensors; ``weights`` maps names to encrypted tensors."""
 
     def __init__(self, crypten, weights: dict, *, gelu: str = "tanh", on_scope=None):
@@ -76,20 +76,7 @@ class CryptenOps(Ops):
         y = x * w
         return y if b is None else y + b
 
-    def add_weight(self, x, name, rows=None):
-        try:
-            p = self.weights[name]
-        except KeyError:
-            raise KeyError(f"no weight {name!r}") from None
-        return x + (p if rows is None else p[:rows])
-
-    # -- arithmetic ------------------------------------------------------------------------
-    def add(self, x, y):
-        return x + y
-
-    def sub(self, x, y):
-        return x - y
-
+    # -- arithmetic (add, sub, add_weight: OperatorArithmetic) ------------------------------
     def neg(self, x):
         return x.neg()
 
