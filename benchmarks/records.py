@@ -36,6 +36,8 @@ def machine_info() -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
     }
+    from mpc import native_dcf
+    info["dcf_kernel"] = native_dcf.status()      # "native" (AES-NI) or "numpy (why)"
     try:
         import torch
 

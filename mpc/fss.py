@@ -21,6 +21,8 @@ from __future__ import annotations
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from mpc import native_dcf
+
 _KEY = bytes.fromhex("a3f1c2d4e5b60718293a4b5c6d7e8f90")   # public, fixed
 _ECB = Cipher(algorithms.AES(_KEY), modes.ECB())
 MAX_PAYLOAD = 2
@@ -47,7 +49,8 @@ def prg(seeds: np.ndarray, p: int):
     x = np.empty((blocks, len(seeds), 2), dtype=np.uint64)
     np.bitwise_xor(seeds[None, :, :], _C[:blocks, None, :], out=x)
     buf = bytearray(x.nbytes + 16)
-    _ECB.encryptor().update_into(memoryview(x).cast("B"), buf)
+    if x.size:                                  # (a zero-size view cannot be cast)
+        _ECB.encryptor().update_into(memoryview(x).cast("B"), buf)
     out = np.frombuffer(buf, dtype=np.uint64, count=x.size).reshape(x.shape)
     out ^= x
     sL, sR = out[0], out[1]
@@ -86,7 +89,12 @@ def seeds_from_bytes(raw: np.ndarray) -> np.ndarray:
 
 def gen(alpha: np.ndarray, beta: np.ndarray, n: int, s0: np.ndarray, s1: np.ndarray) -> dict:
     """Correction words for N keys. alpha (N,) uint64 < 2^n; beta (N, p) uint64; root
-    seeds s0, s1 (N, 2) uint64 (each party's own, from its PRG seed)."""
+    seeds s0, s1 (N, 2) uint64 (each party's own, from its PRG seed). Runs the AES-NI
+    kernel when it loaded (mpc/native_dcf.py), else numpy; both give the same bits."""
+    _check(beta.shape[1], n)
+    lib = native_dcf.library()
+    if lib is not None:
+        return native_dcf._gen(lib, alpha, beta, n, s0, s1)
     if len(alpha) <= CHUNK:
         return _gen(alpha, beta, n, s0, s1)
     parts = [_gen(alpha[a:a + CHUNK], beta[a:a + CHUNK], n, s0[a:a + CHUNK], s1[a:a + CHUNK])
@@ -97,12 +105,17 @@ def gen(alpha: np.ndarray, beta: np.ndarray, n: int, s0: np.ndarray, s1: np.ndar
             "final": np.concatenate([q["final"] for q in parts])}
 
 
-def _gen(alpha: np.ndarray, beta: np.ndarray, n: int, s0: np.ndarray, s1: np.ndarray) -> dict:
-    N, p = beta.shape
+def _check(p: int, n: int) -> None:
     if not 1 <= p <= MAX_PAYLOAD:
         raise ValueError(f"payload of {p} words; at most {MAX_PAYLOAD}")
     if not 1 <= n <= 64:
         raise ValueError(f"input bits {n} outside [1, 64]")
+
+
+def _gen(alpha: np.ndarray, beta: np.ndarray, n: int, s0: np.ndarray, s1: np.ndarray) -> dict:
+    """The numpy reference of ``gen``."""
+    N, p = beta.shape
+    _check(p, n)
     s = [s0.copy(), s1.copy()]
     t = [np.zeros(N, np.uint64), np.ones(N, np.uint64)]
     v_alpha = np.zeros((N, p), np.uint64)
@@ -135,7 +148,11 @@ def _gen(alpha: np.ndarray, beta: np.ndarray, n: int, s0: np.ndarray, s1: np.nda
 
 
 def eval_(party: int, root: np.ndarray, cw: dict, y: np.ndarray, n: int) -> np.ndarray:
-    """Party ``party``'s shares (N, p) uint64 of f(y) for y (N,) uint64 < 2^n."""
+    """Party ``party``'s shares (N, p) uint64 of f(y) for y (N,) uint64 < 2^n (the AES-NI
+    kernel when it loaded, else numpy)."""
+    lib = native_dcf.library()
+    if lib is not None:
+        return native_dcf._eval(lib, party, root, cw, y, n)
     if len(y) <= CHUNK:
         return _eval(party, root, cw, y, n)
     parts = []
@@ -148,6 +165,7 @@ def eval_(party: int, root: np.ndarray, cw: dict, y: np.ndarray, n: int) -> np.n
 
 
 def _eval(party: int, root: np.ndarray, cw: dict, y: np.ndarray, n: int) -> np.ndarray:
+    """The numpy reference of ``eval_``."""
     p = cw["final"].shape[1]
     s = root
     t = np.full(len(y), party, np.uint64)

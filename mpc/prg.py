@@ -30,8 +30,8 @@ def expand(seed: bytes, stream: int, label: int, shape) -> torch.Tensor:
     n = math.prod(shape)
     nonce = (stream << 64 | label << 56).to_bytes(16, "big")
     enc = Cipher(algorithms.AES(seed), modes.CTR(nonce)).encryptor()
-    data = enc.update(bytes(8 * n)) + enc.finalize()
-    arr = np.frombuffer(data, dtype="<i8").astype(np.int64)
+    arr = np.empty(n, dtype=np.int64)
+    enc.update_into(bytes(8 * n), memoryview(arr).cast("B"))   # straight into the array
     return torch.from_numpy(arr).reshape(tuple(shape))
 
 

@@ -3,7 +3,8 @@
 Layout: ``<root>/<session>-<party>/`` (mode 0700) holding ``header.json`` (family, ring,
 fixed-point bits, session, party, needs digest), ``seed.bin`` (this party's PRG seed),
 ``material.bin`` (explicit material records, streamed in as the dealer sends them, read
-back one at a time) and ``const-*.bin`` (constant-operand material). Every file is created
+back one at a time through a private memory map: each array starts at a 64-byte aligned
+offset, so a record's arrays are used in place, without a copy) and ``const-*.bin`` (constant-operand material). Every file is created
 owner-only (0600). A store is made under a hidden temporary name and renamed into place
 once its header is written and locked (``flock``), so a half-made store is never mistaken
 for a live one.
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import mmap
 import os
 import secrets
 import shutil
@@ -48,6 +50,7 @@ _LEN = struct.Struct("<I")
 _DTYPES = {torch.int64: "<i8", torch.uint8: "|u1"}
 _NUMPY = {"<i8": np.int64, "|u1": np.uint8}
 MAX_RECORD_HEADER = 1 << 20
+ALIGN = 64                # every stored array starts at a multiple of this file offset
 
 
 class MaterialError(RuntimeError):
@@ -85,7 +88,9 @@ class MaterialStore:
         sweep(root)
         recount(root)
         self._writer = None
-        self._reader = None
+        self._wpos = 0            # bytes in material.bin
+        self._map = None          # read-only view of material.bin (copy-on-write)
+        self._rpos = 0
         self._lock_fd = None
         self.written = 0          # explicit records written
         self.cursor = 0           # items consumed
@@ -158,17 +163,23 @@ class MaterialStore:
         if self._writer is None:
             fd = os.open(self.dir / "material.bin", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             self._writer = os.fdopen(fd, "ab")
+            self._wpos = os.fstat(fd).st_size
         for name, v in arrays.items():
             if v.dtype not in _DTYPES:
                 raise MaterialError(f"{self.party}: cannot store {name} of dtype {v.dtype}")
         meta = {"index": index, "kind": kind,
                 "arrays": [[k, list(v.shape), _DTYPES[v.dtype]] for k, v in arrays.items()]}
         head = json.dumps(meta).encode()
-        self._reserve(_LEN.size + len(head) + sum(v.numel() * v.element_size()
-                                                  for v in arrays.values()))
-        self._writer.write(_LEN.pack(len(head)) + head)
+        parts, pos = [_LEN.pack(len(head)) + head], self._wpos + _LEN.size + len(head)
         for v in arrays.values():
-            self._writer.write(v.contiguous().numpy().astype(_DTYPES[v.dtype]).tobytes())
+            pad = -pos % ALIGN
+            data = np.ascontiguousarray(v.numpy(), dtype=_DTYPES[v.dtype])
+            parts += [bytes(pad), memoryview(data).cast("B") if data.size else b""]
+            pos += pad + data.nbytes
+        self._reserve(pos - self._wpos)
+        for part in parts:
+            self._writer.write(part)
+        self._wpos = pos
         self.written = index + 1
 
     def finish_writing(self) -> None:
@@ -197,23 +208,38 @@ class MaterialStore:
         arrays = self._read_record(index) if explicit else {}
         return index, arrays
 
-    def _read_record(self, index: int) -> dict[str, torch.Tensor]:
-        if self._reader is None:
+    def _view(self, end: int, index: int):
+        """The memory map, covering at least ``end`` bytes (remapped if the file grew)."""
+        if self._map is None or end > len(self._map):
             if self._writer is not None:
                 self.finish_writing()
             try:
-                self._reader = open(self.dir / "material.bin", "rb")
+                with open(self.dir / "material.bin", "rb") as fh:
+                    size = os.fstat(fh.fileno()).st_size
+                    if size >= end and size > 0:
+                        # copy-on-write: arrays are writable; the file is never changed
+                        self._map = mmap.mmap(fh.fileno(), size, flags=mmap.MAP_PRIVATE,
+                                              prot=mmap.PROT_READ | mmap.PROT_WRITE)
             except FileNotFoundError:
                 raise MaterialError(f"{self.party}: no explicit material stored") from None
-        raw = self._reader.read(_LEN.size)
-        if len(raw) < _LEN.size:
-            raise MaterialError(f"{self.party}: material record {index} missing (store truncated)")
-        (n,) = _LEN.unpack(raw)
-        head = self._reader.read(n) if n <= MAX_RECORD_HEADER else b""
-        try:
-            meta = json.loads(head)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            meta = None
+            if self._map is None or end > len(self._map):
+                raise MaterialError(f"{self.party}: material record {index} missing or "
+                                    "truncated (store truncated)")
+        return self._map
+
+    def _read_record(self, index: int) -> dict[str, torch.Tensor]:
+        pos = self._rpos
+        view = self._view(pos + _LEN.size, index)
+        (n,) = _LEN.unpack_from(view, pos)
+        pos += _LEN.size
+        meta = None
+        if n <= MAX_RECORD_HEADER:
+            view = self._view(pos + n, index)
+            try:
+                meta = json.loads(view[pos:pos + n])
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                meta = None
+            pos += n
         if not isinstance(meta, dict) or not isinstance(meta.get("arrays"), list):
             raise MaterialError(f"{self.party}: corrupt material record header at item {index}")
         if meta.get("index") != index:
@@ -225,11 +251,12 @@ class MaterialStore:
                 raise MaterialError(f"{self.party}: record {index} has unknown dtype {dtype!r}")
             np_dtype = np.dtype(dtype)
             count = int(np.prod(shape)) if shape else 1
-            data = self._reader.read(np_dtype.itemsize * count)
-            if len(data) != np_dtype.itemsize * count:
-                raise MaterialError(f"{self.party}: material record {index} truncated")
-            arr = np.frombuffer(data, np_dtype).astype(_NUMPY[dtype])
-            out[name] = torch.from_numpy(arr).reshape(shape)
+            pos += -pos % ALIGN
+            view = self._view(pos + np_dtype.itemsize * count, index)
+            arr = np.frombuffer(view, np_dtype, count, offset=pos)
+            pos += np_dtype.itemsize * count
+            out[name] = torch.from_numpy(arr.astype(_NUMPY[dtype], copy=False)).reshape(shape)
+        self._rpos = pos
         return out
 
     # -- constant-operand material ---------------------------------------------------------
@@ -284,10 +311,10 @@ class MaterialStore:
 
     def burn(self) -> None:
         """Delete all material of this session (failed or finished)."""
-        for fh in (self._writer, self._reader):
-            if fh is not None:
-                fh.close()
-        self._writer = self._reader = None
+        if self._writer is not None:
+            self._writer.close()
+        # the map is unmapped when the last array taken from it is dropped
+        self._writer = self._map = None
         if not self._burned:
             self._burned = True
             shutil.rmtree(self.dir, ignore_errors=True)

@@ -4,6 +4,7 @@ reused or regenerated; files are private; a burned or damaged store refuses use.
 from __future__ import annotations
 
 import json
+import re
 import os
 import stat
 from pathlib import Path
@@ -15,7 +16,7 @@ from mpc import protocol
 from mpc.protocol import CLIENT, SERVER, Party
 from protocols.needs import Need, Needs
 from protocols import store_root
-from protocols.store import MaterialError, MaterialStore, QuotaError
+from protocols.store import ALIGN, MaterialError, MaterialStore, QuotaError
 from tests.mpc.harness import ProtocolPair, needs_of, ring_random, split
 
 MUL = Need.make("mul", "layer0", shape=(2, 3))
@@ -168,11 +169,15 @@ def test_bad_session_ids_refused(tmp_path, bad):
         make_store(tmp_path, needs_of(SQ), session=bad)
 
 
+def _aligned(pos: int) -> int:
+    return pos + (-pos % ALIGN)
+
+
 def _record_bounds(store):
-    """Byte offsets of (record start, end of its JSON header, record end) of record 0."""
+    """(file bytes, end of record 0's JSON header, end of record 0)."""
     data = (store.dir / "material.bin").read_bytes()
     n = int.from_bytes(data[:4], "little")
-    first_end = 4 + n + 8 * 4   # SQ: one array "c" of 4 elements
+    first_end = _aligned(4 + n) + 8 * 4   # SQ: one array "c" of 4 elements, aligned
     return data, 4 + n, first_end
 
 
@@ -181,7 +186,9 @@ def test_truncated_material_raises_on_take(tmp_path):
     store = filled_store(tmp_path, needs)
     path = store.dir / "material.bin"
     data, head_end, first_end = _record_bounds(store)
-    assert len(data) == 2 * first_end
+    n = int.from_bytes(data[first_end:first_end + 4], "little")
+    assert len(data) == _aligned(first_end + 4 + n) + 8 * 4
+    assert _aligned(4 + n) % ALIGN == 0 and data[4 + n:_aligned(4 + n)] == bytes(_aligned(4 + n) - 4 - n)
     # cut inside the array data of the second record
     path.write_bytes(data[:-5])
     store.take(SQ, explicit=True)
@@ -286,7 +293,10 @@ def test_quota_exceeded_names_quota_and_size_and_burns_the_session(tmp_path):
     head = json.dumps({"index": i, "kind": "mul", "arrays": [["c", [2, 3], "<i8"]]})
     msg = str(err.value)
     assert "store quota exceeded" in msg and "quota of 4096 bytes" in msg
-    assert f"writing {4 + len(head) + MUL_BYTES} bytes" in msg and str(root) in msg
+    wrote = int(re.search(r"writing (\d+) bytes", msg).group(1))
+    # the record, plus the padding that puts its array on an ALIGN boundary
+    assert 4 + len(head) + MUL_BYTES <= wrote < 4 + len(head) + MUL_BYTES + ALIGN
+    assert str(root) in msg
     assert isinstance(err.value, MaterialError)
     assert not store.dir.exists()                                # the partial session burned
     with pytest.raises(MaterialError, match="burned"):
@@ -393,3 +403,21 @@ def test_sweep_leaves_half_made_stores_in_their_grace_and_foreign_things_alone(t
     os.utime(stale, (then, then))
     assert store_root.sweep(root, max_age_s=1e-9) == [stale.name]
     assert young.exists() and (root / "notes.txt").exists() and (root / "not-a-store").exists()
+
+
+def test_taken_arrays_are_aligned_views_and_writes_never_reach_the_file(tmp_path):
+    """Records are read in place from a private map: every array starts on an ALIGN
+    boundary, and changing a taken tensor leaves the stored bytes as they were."""
+    needs = needs_of(TR, SQ, TR)
+    store = filled_store(tmp_path, needs)
+    before = (store.dir / "material.bin").read_bytes()
+    taken = [store.take(needs.at(i), explicit=True)[1] for i in range(3)]
+    for arrays in taken:
+        for t in arrays.values():
+            assert t.data_ptr() % ALIGN == 0
+    assert taken[1]["c"].tolist() == [1000] * 4 and taken[2]["mid"].tolist() == [2001] * 4
+    taken[1]["c"].add_(5)
+    assert taken[1]["c"].tolist() == [1005] * 4
+    assert (store.dir / "material.bin").read_bytes() == before
+    store.burn()
+    assert taken[2]["msb"].tolist() == [2000] * 4     # still readable after the files go
