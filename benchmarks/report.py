@@ -127,6 +127,21 @@ def write_markdown(records, out: Path, source: str) -> str:
     return text
 
 
+def short_label(lab: str) -> str:
+    """A plot tick for a row label: 'mpc [compare.method=bitdecomp, compare.bits=32]' ->
+    'mpc\nbitdecomp, 32 bits'."""
+    if " [" not in lab:
+        return lab
+    proto, rest = lab.split(" [", 1)
+    parts = []
+    for item in rest.rstrip("]").split(", "):
+        key, _, value = item.partition("=")
+        key = key.split(".")[-1]
+        parts.append(value if key == "method" else f"{value} bits" if key == "bits"
+                     else f"{key}={value}")
+    return proto + "\n" + ", ".join(parts)
+
+
 def plots(records, out: Path) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
@@ -137,21 +152,22 @@ def plots(records, out: Path) -> list[Path]:
         keys = [k for k in rows if k[0] == model and (k[1] or 0) == seq]
         protocols = sorted({k[3] for k in keys})
         nets = [n for n in NET_ORDER if any(k[2] == n for k in keys)]
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+        fig, axes = plt.subplots(1, 3, figsize=(15, 5.2))
+        ticks = [short_label(p) for p in protocols]
         width = 0.8 / max(1, len(nets))
         for j, net in enumerate(nets):
             vals = [rows.get((model, seq or None, net, p), {}).get("online", {}).get("seconds", 0)
                     for p in protocols]
             axes[0].bar([i + j * width for i in range(len(protocols))], vals, width, label=net)
-        axes[0].set(yscale="log", title="online seconds", xticks=range(len(protocols)))
-        axes[0].set_xticklabels(protocols)
+        axes[0].set(yscale="log", title="online seconds")
+        axes[0].set_xticks([i + width * (len(nets) - 1) / 2 for i in range(len(protocols))])
         axes[0].legend(fontsize=7)
         base = [rows.get((model, seq or None, "loopback", p)) for p in protocols]
         client = [r["online"]["bytes_sent"] if r else 0 for r in base]
         server = [r["parties"].get("server", {}).get("online", {}).get("bytes_sent", 0) if r else 0
                   for r in base]
-        axes[1].bar(protocols, [c + 1 for c in client], label="client sends")
-        axes[1].bar(protocols, [s + 1 for s in server], bottom=[c + 1 for c in client],
+        axes[1].bar(ticks, [c + 1 for c in client], label="client sends")
+        axes[1].bar(ticks, [s + 1 for s in server], bottom=[c + 1 for c in client],
                     label="server sends")
         axes[1].set(yscale="log", title="online bytes per party (loopback)")
         tops = [c + s + 2 for c, s in zip(client, server) if c + s]
@@ -160,10 +176,12 @@ def plots(records, out: Path) -> list[Path]:
         axes[1].legend(fontsize=7)
         off = [r["offline"]["seconds"] if r else 0 for r in base]
         on = [r["online"]["seconds"] if r else 0 for r in base]
-        axes[2].bar(protocols, off, label="offline")
-        axes[2].bar(protocols, on, bottom=off, label="online")
+        axes[2].bar(ticks, off, label="offline")
+        axes[2].bar(ticks, on, bottom=off, label="online")
         axes[2].set(title="offline + online seconds (loopback)")
         axes[2].legend(fontsize=7)
+        for ax in axes:
+            ax.set_xticks(ax.get_xticks(), ticks, rotation=35, ha="right", fontsize=8)
         fig.suptitle(f"{model}" + (f", {seq} tokens" if seq else ""))
         fig.tight_layout()
         path = out / f"summary_{model}{f'_{seq}' if seq else ''}.png"

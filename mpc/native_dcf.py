@@ -49,10 +49,13 @@ def _build() -> Path:
         raise RuntimeError("no C compiler (cc or gcc) on PATH")
     for folder in (SOURCE.parent, Path(tempfile.gettempdir()) / f"pinfer-native-{os.getuid()}"):
         target = folder / f"_dcf_{tag}.so"
-        if target.exists():
-            return target
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            st = folder.stat()
+            if st.st_uid != os.getuid() or st.st_mode & 0o022:
+                continue        # never load code from a folder another user can write
+            if target.exists():
+                return target
             fd, tmp = tempfile.mkstemp(dir=folder, suffix=".so.tmp")
             os.close(fd)
         except OSError:

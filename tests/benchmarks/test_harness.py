@@ -51,3 +51,12 @@ def test_unsupported_combinations_are_named():
     assert "decoders" in harness.unsupported("tiny-gpt", "hybrid")
     assert "decoders" in harness.unsupported("tiny-gpt", "crypten")
     assert harness.unsupported("minilm", "hybrid") is None
+
+
+def test_plot_ticks_name_each_variant_briefly_and_distinctly():
+    labels = ["mpc", "mpc [compare.bits=32]", "mpc [compare.method=bitdecomp, compare.bits=32]",
+              "crypten [crypten.gelu=sigmoid]", "he [compare.method=bitdecomp, compare.bits=32]"]
+    ticks = [report.short_label(lab) for lab in labels]
+    assert ticks == ["mpc", "mpc\n32 bits", "mpc\nbitdecomp, 32 bits", "crypten\ngelu=sigmoid",
+                     "he\nbitdecomp, 32 bits"]
+    assert len(set(ticks)) == len(ticks)
