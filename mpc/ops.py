@@ -26,7 +26,7 @@ from mpc.protocol import CLIENT, SERVER, Party
 from protocols.metering import Meter
 from protocols.config import CompareConfig
 from protocols.needs import Need
-from protocols.ops import Ops, TensorStructure
+from protocols.ops import OperatorArithmetic, Ops, TensorStructure
 
 
 @dataclass
@@ -89,8 +89,9 @@ class _ScopedOps(TensorStructure, Ops):
 
 
 
-class MpcOps(_ScopedOps):
-    """Ops on shares (int64 ring tensors) for one party."""
+class MpcOps(OperatorArithmetic, _ScopedOps):
+    """Ops on shares (int64 ring tensors) for one party (add and sub of shares are local:
+    the operators of OperatorArithmetic; add_weight is its own)."""
 
     name = "mpc"
 
@@ -143,12 +144,6 @@ class MpcOps(_ScopedOps):
         except KeyError:
             raise KeyError(f"no weight {name!r}") from None
         return x + (p if rows is None else p[:rows])
-
-    def add(self, x, y):
-        return x + y
-
-    def sub(self, x, y):
-        return x - y
 
     def neg(self, x):
         return -x

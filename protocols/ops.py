@@ -244,8 +244,8 @@ class TensorStructure:
 
 class OperatorArithmetic:
     """``add``, ``sub`` and ``add_weight`` by Python operators, for backends whose values
-    support them and whose ``self.weights`` maps names to server tensors (plain torch,
-    CrypTen's encrypted tensors)."""
+    support them (plain torch, CrypTen's encrypted tensors, our shares); ``add_weight``
+    reads ``self.weights`` (name to server tensor) unless the backend overrides it."""
 
     def add_weight(self, x, name, rows=None):
         try:
