@@ -33,24 +33,33 @@ def stack_last(ops, x, m: int):
     return ops.cat([ops.reshape(x, s + (1,))] * m, -1)
 
 
-def normalize(ops, x, lo: int, hi: int):
-    """For x in [2^lo, 2^hi): (x * 2^-(e+1) in [0.5, 1), 2^-(e+1), 2^-(e+1)/2), e = floor(log2 x).
-    Below 2^lo x is scaled as if e = lo; from 2^hi on as if e = hi - 1. The constants 2^j
-    must be encodable: hi <= 31 - frac_bits (else the encoder raises, naming the value).
-    Rounds: 1 (batched comparisons) + 2 (one product and its truncation)."""
+def exponent_scales(ops, x, lo: int, hi: int, factors=(1.0,)):
+    """From one batch of comparisons c_j = [x >= 2^j]: the shares f * 2^-(e+1) for every
+    public f in ``factors``, and 2^-(e+1)/2 = sqrt(2^-(e+1)), e = floor(log2 x) clamped to
+    [lo, hi - 1] (below 2^lo scaled as if e = lo; from 2^hi on as if e = hi - 1). Each is a
+    public linear combination of the bits (local once they exist). The constants 2^j must be
+    encodable: hi <= 31 - frac_bits (else the encoder raises, naming the value).
+    Rounds: 1 (batched comparisons)."""
     js = list(range(lo + 1, hi))
-    if not js:
-        w = 2.0 ** -(lo + 1)
-        return ops.mul_public(x, w), w, math.sqrt(w)
-    cmp = ops.add_public(stack_last(ops, x, len(js)), torch.tensor([-(2.0 ** j) for j in js]))
-    below = ops.ltz(cmp)                              # [x < 2^j]; c_j = 1 - below_j
     w = [2.0 ** -(j + 1) for j in range(lo, hi)]
     sw = [math.sqrt(v) for v in w]
-    # scale = w_lo + sum_j c_j (w_j - w_{j-1}) = w_{hi-1} - sum_j below_j (w_j - w_{j-1})
-    dw = torch.tensor([w[i] - w[i - 1] for i in range(1, len(w))])
-    dsw = torch.tensor([sw[i] - sw[i - 1] for i in range(1, len(sw))])
-    scale = ops.add_public(ops.neg(ops.sum(ops.bit_scale(below, dw), -1)), w[-1])
-    sscale = ops.add_public(ops.neg(ops.sum(ops.bit_scale(below, dsw), -1)), sw[-1])
+    if not js:
+        zero = ops.sub(x, x)
+        return [ops.add_public(zero, f * w[0]) for f in factors], ops.add_public(zero, sw[0])
+    cmp = ops.add_public(stack_last(ops, x, len(js)), torch.tensor([-(2.0 ** j) for j in js]))
+    below = ops.ltz(cmp)                              # [x < 2^j]; c_j = 1 - below_j
+
+    def combo(v):      # v_lo + sum_j c_j (v_j - v_{j-1}) = v_{hi-1} - sum_j below_j (v_j - v_{j-1})
+        dv = torch.tensor([v[i] - v[i - 1] for i in range(1, len(v))])
+        return ops.add_public(ops.neg(ops.sum(ops.bit_scale(below, dv), -1)), v[-1])
+    return [combo([f * v for v in w]) for f in factors], combo(sw)
+
+
+def normalize(ops, x, lo: int, hi: int):
+    """For x in [2^lo, 2^hi): (x * 2^-(e+1) in [0.5, 1), 2^-(e+1), 2^-(e+1)/2), e = floor(log2 x);
+    see ``exponent_scales``. Rounds: 1 (batched comparisons) + 2 (one product and its
+    truncation)."""
+    (scale,), sscale = exponent_scales(ops, x, lo, hi)
     return ops.mul(x, scale), scale, sscale
 
 
@@ -60,7 +69,8 @@ class ExpParams:
     (default: where exp drops under one ulp, -frac_bits * ln 2). PUMA's form is
     (1 + u)^(2^t); the second-order term cuts the error about tenfold for 3 more rounds.
     ``second_order=False`` gives PUMA's. Domain: x <= 0 (softmax after max subtraction).
-    Cost: 1 ReLU round + 1 truncation [+ 3 rounds] + t squarings (2 rounds each)."""
+    Cost: 1 ReLU round + 1 truncation (u, and u / sqrt(2) with it) [+ 2 rounds: the square
+    of u / sqrt(2) is u^2 / 2] + t squarings (2 rounds each)."""
 
     squarings: int = 5
     second_order: bool = True
@@ -70,10 +80,15 @@ class ExpParams:
 def exp_neg(ops, x, frac_bits: int, p: ExpParams = ExpParams()):
     floor = p.floor if p.floor is not None else -frac_bits * math.log(2)
     x = ops.add_public(ops.relu(ops.add_public(x, -floor)), floor)   # max(x, floor)
-    u = ops.mul_public(x, 2.0 ** -p.squarings)
-    y = ops.add_public(u, 1.0)
-    if p.second_order:
-        y = ops.add(y, ops.mul_public(ops.square(u), 0.5))
+    c = 2.0 ** -p.squarings
+    if p.second_order:            # u and u / sqrt(2) in one truncation
+        k = ops.shape(x)[-1]
+        both = ops.mul_public(ops.cat([x, x], -1),
+                              torch.tensor([c] * k + [c / math.sqrt(2.0)] * k))
+        u = ops.narrow(both, -1, 0, k)
+        y = ops.add(ops.add_public(u, 1.0), ops.square(ops.narrow(both, -1, k, k)))
+    else:
+        y = ops.add_public(ops.mul_public(x, c), 1.0)
     for _ in range(p.squarings):
         y = ops.square(y)
     return y
@@ -82,44 +97,93 @@ def exp_neg(ops, x, frac_bits: int, p: ExpParams = ExpParams()):
 @dataclass(frozen=True)
 class ReciprocalParams:
     """1/x for x in [2^lo, 2^hi) (x > 0): normalize, then Newton y <- y (2 - x y) from
-    y0 = 2.9142 - 2 x on [0.5, 1). Cost: 3 + 1 + 4 * iterations + 2 rounds. Outside the
-    range: below 2^lo too small but positive; above 2^hi it degrades (-10% at 1.37 * 2^hi),
-    turns negative near 1.46 * 2^hi and to garbage from 2^(hi+2): clip first if needed."""
+    y0 = 2.9142 - 2 x on [0.5, 1). Cost: 3 + 4 * iterations + 2 rounds (the final product by
+    the scale; in softmax it rides in the first Newton product instead). Outside the range:
+    below 2^lo too small but positive; above 2^hi it degrades (-10% at 1.37 * 2^hi), turns
+    negative near 1.46 * 2^hi and to garbage from 2^(hi+2): clip first if needed."""
 
     lo: int = -10
     hi: int = 10
     iterations: int = 3
 
 
-def reciprocal(ops, x, p: ReciprocalParams = ReciprocalParams()):
+def reciprocal_steps(ops, x, p: ReciprocalParams = ReciprocalParams(), ride=None):
+    """(y ~ 1/u for u = x * scale in [0.5, 1), the scale, ride * scale or None), with
+    1/x = y * scale. ``ride`` (..., m), broadcast against x (..., 1): multiplied by the scale
+    inside the first Newton product (no round of its own)."""
     xn, scale, _ = normalize(ops, x, p.lo, p.hi)
     y = ops.add_public(ops.mul_public(xn, -2.0), 2.9142)
-    for _ in range(p.iterations):
-        y = ops.mul(y, ops.add_public(ops.neg(ops.mul(xn, y)), 2.0))
+    rode = None
+    for step in range(p.iterations):
+        if step == 0 and ride is not None:
+            k, m = ops.shape(xn)[-1], ops.shape(ride)[-1]
+            both = ops.mul(ops.cat([xn, ride], -1),
+                           ops.cat([y, ops.cat([scale] * m, -1) if k == 1 else scale], -1))
+            xy, rode = ops.narrow(both, -1, 0, k), ops.narrow(both, -1, k, m)
+        else:
+            xy = ops.mul(xn, y)
+        y = ops.mul(y, ops.add_public(ops.neg(xy), 2.0))
+    if ride is not None and rode is None:
+        rode = ops.mul(ride, scale)
+    return y, scale, rode
+
+
+def reciprocal(ops, x, p: ReciprocalParams = ReciprocalParams()):
+    y, scale, _ = reciprocal_steps(ops, x, p)
     return ops.mul(y, scale)
 
 
 @dataclass(frozen=True)
 class RsqrtParams:
-    """1/sqrt(x) for x in [2^lo, 2^hi): normalize, Newton y <- y (1.5 - (x/2) y^2) from the
-    chord y0 = 1.8284 - 0.8284 x on [0.5, 1). Cost: 3 + 1 + 6 * iterations + 2 rounds.
-    Outside the range: below 2^lo the result is too small but positive; above 2^hi it
-    degrades (-30% at 2^(hi+1)) and turns to garbage from 2^(hi+2): clip first if needed."""
+    """1/sqrt(x) for x in [2^lo, 2^hi): with u = x * 2^-(e+1) in [0.5, 1) (``exponent_scales``),
+    Newton y <- y (1.5 - (u/2) y^2) from the minimax line y0 = 1.78758 - 0.80992 u (relative
+    error 2.2e-2, then 7.4e-4 and 8.3e-7 after one and two steps), times 2^-(e+1)/2.
+    Steps (rounds): comparisons 1; u/2 and the line, both as x times a public multiple of the
+    scale, in one batched product 2; each Newton step 4: one batched product gives y^2,
+    y (u/2) and 1.5 y (y times a sharing of the constant), one more gives (y u/2) y^2;
+    the final product by the square-root scale 2 (in LayerNorm it rides in the first Newton
+    product instead). Cost: 5 + 4 * iterations rounds. Outside the range: below 2^lo the
+    result is too small but positive; above 2^hi it degrades (-1.5% at 1.46 * 2^hi, -50% at
+    2^(hi+1)), turns negative near 2.5 * 2^hi and to garbage from 2^(hi+2): clip first if
+    needed."""
 
     lo: int = -10
     hi: int = 10
-    iterations: int = 3
+    iterations: int = 2
+
+
+RSQRT_LINE = (1.78758, 0.80992)
+
+
+def rsqrt_steps(ops, x, p: RsqrtParams = RsqrtParams(), ride=None):
+    """(y ~ 1/sqrt(u), the square-root scale s, ride * s or None), with 1/sqrt(x) = y * s.
+    ``ride`` (..., m), broadcast against x (..., 1): multiplied by s inside the first Newton
+    product (no round of its own)."""
+    a, b = RSQRT_LINE
+    (half, line), sscale = exponent_scales(ops, x, p.lo, p.hi, (0.5, -b))
+    k = ops.shape(x)[-1]
+    both = ops.mul(ops.cat([x, x], -1), ops.cat([half, line], -1))
+    h = ops.narrow(both, -1, 0, k)                                   # u/2
+    y = ops.add_public(ops.narrow(both, -1, k, k), a)                 # line
+    rode = None
+    for step in range(p.iterations):
+        lhs, rhs = [y, y, y], [y, h, ops.add_public(ops.sub(y, y), 1.5)]
+        if step == 0 and ride is not None:
+            m = ops.shape(ride)[-1]
+            lhs.append(ride)
+            rhs.append(ops.cat([sscale] * m, -1) if k == 1 else sscale)
+        prod = ops.mul(ops.cat(lhs, -1), ops.cat(rhs, -1))
+        yy, yh, y15 = (ops.narrow(prod, -1, i * k, k) for i in range(3))
+        if step == 0 and ride is not None:
+            rode = ops.narrow(prod, -1, 3 * k, ops.shape(ride)[-1])
+        y = ops.sub(y15, ops.mul(yh, yy))
+    if ride is not None and rode is None:
+        rode = ops.mul(ride, sscale)
+    return y, sscale, rode
 
 
 def rsqrt(ops, x, p: RsqrtParams = RsqrtParams()):
-    xn, _, sscale = normalize(ops, x, p.lo, p.hi)
-    both = ops.mul_public(ops.cat([xn, xn], 0), torch.tensor([-0.8284, -0.5]).reshape(
-        (2,) + (1,) * (len(ops.shape(xn)) - 1)).repeat_interleave(ops.shape(xn)[0], 0))
-    n = ops.shape(xn)[0]
-    y = ops.add_public(ops.narrow(both, 0, 0, n), 1.8284)        # chord
-    half = ops.narrow(both, 0, n, n)                             # -x/2, once
-    for _ in range(p.iterations):
-        y = ops.mul(y, ops.add_public(ops.mul(half, ops.square(y)), 1.5))
+    y, sscale, _ = rsqrt_steps(ops, x, p)
     return ops.mul(y, sscale)
 
 

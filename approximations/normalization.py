@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from approximations.core import (ExpParams, ReciprocalParams, RsqrtParams, exp_neg,
-                                 reciprocal, rsqrt)
+                                 reciprocal_steps, rsqrt_steps)
 
 
 @dataclass(frozen=True)
@@ -25,8 +25,9 @@ class SoftmaxParams:
 def softmax(ops, x, frac_bits: int, p: SoftmaxParams = SoftmaxParams()):
     top = ops.max_last(x)                                    # (..., 1)
     e = exp_neg(ops, ops.sub(x, top), frac_bits, p.exp)       # (..., n), in (0, 1]
-    inv = reciprocal(ops, ops.sum(e, -1, keepdim=True), p.reciprocal)
-    return ops.mul(e, inv)
+    # e takes the reciprocal's scale inside its first Newton product; then one product
+    y, _, e_scaled = reciprocal_steps(ops, ops.sum(e, -1, keepdim=True), p.reciprocal, ride=e)
+    return ops.mul(e_scaled, y)
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,8 @@ class Softmax2QuadParams:
 
 def softmax_2quad(ops, x, p: Softmax2QuadParams = Softmax2QuadParams()):
     q = ops.square(ops.add_public(x, p.c))
-    return ops.mul(q, reciprocal(ops, ops.sum(q, -1, keepdim=True), p.reciprocal))
+    y, _, q_scaled = reciprocal_steps(ops, ops.sum(q, -1, keepdim=True), p.reciprocal, ride=q)
+    return ops.mul(q_scaled, y)
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,15 @@ class LayerNormParams:
     without per-layer scales (MiniLM's span about 0.004 to 130)."""
 
     eps: float = 1e-12
-    rsqrt: RsqrtParams = RsqrtParams(lo=-10, hi=10, iterations=3)
+    rsqrt: RsqrtParams = RsqrtParams(lo=-10, hi=10, iterations=2)
 
 
 def layernorm(ops, x, p: LayerNormParams = LayerNormParams()):
+    """Rounds: mean 1 + square 2 + mean 1 + rsqrt without its final product (the centred
+    row takes the square-root scale inside the first Newton product) 3 + 4 * iterations +
+    the product of the scaled row and y 2."""
     mu = ops.mean(x, -1, keepdim=True)
     d = ops.sub(x, mu)
     var = ops.mean(ops.square(d), -1, keepdim=True)
-    return ops.mul(d, rsqrt(ops, ops.add_public(var, p.eps), p.rsqrt))
+    y, _, ds = rsqrt_steps(ops, ops.add_public(var, p.eps), p.rsqrt, ride=d)
+    return ops.mul(ds, y)

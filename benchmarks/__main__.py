@@ -13,7 +13,8 @@ def main(argv=None) -> None:
              "crypten-baseline": "benchmarks.crypten_baseline",
              "relu-models": "benchmarks.relu_models",
              "transformers": "benchmarks.transformers", "decoding": "benchmarks.decoding",
-             "kv-eviction": "benchmarks.kv_eviction", "he-matmul": "benchmarks.he_matmul",
+             "kv-eviction": "benchmarks.kv_eviction", "kv-ceiling": "benchmarks.kv_ceiling",
+             "he-matmul": "benchmarks.he_matmul",
              "he-models": "benchmarks.he_models", "ee": "benchmarks.ee",
              "ee-attacks": "benchmarks.ee_attacks", "run": "benchmarks.harness",
              "report": "benchmarks.report", "plaintext-speed": "benchmarks.plaintext_speed",
@@ -31,6 +32,7 @@ def main(argv=None) -> None:
               "  transformers  MiniLM sentence embeddings: costs, fidelity, semantic search\n"
               "  decoding    tiny-gpt private decoding: per-token cost by context length\n"
               "  kv-eviction KV-cache eviction policies: plaintext accuracy, mpc cost per step\n"
+              "  kv-ceiling  the most any KV eviction can save per private decode step\n"
               "  he-matmul   CKKS vector x plaintext matrix: TenSEAL's matmul against our BSGS\n"
               "  he-models   digits models and MiniLM under mpc, he and hybrid\n"
               "  ee          equivariant encryption: host speed, exactness, client/owner costs\n"

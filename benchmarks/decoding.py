@@ -42,17 +42,17 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SETTINGS = {"fss": [], "bitdecomp": ["compare.method=bitdecomp", "compare.bits=32"]}
 
 
-def plain_cache(weights, prompt, bucket, kv=None, static_fill=False):
+def plain_cache(weights, prompt, bucket, kv=None, static_fill=False, cfg=CFG):
     """Plaintext K/V (float64) of a right-aligned prompt after its prefill (the policy's
     importance observed) and the first token; with ``static_fill`` also the policy's
     static step (H2O's compacted rows), to be shared instead of run privately."""
     ops = TorchOps(weights, exact=True)
-    toks, pos, _ = prompt_rows(prompt, bucket, CFG)
-    cache = KVCache(CFG, make_policy(kv), prompt_len=bucket)
+    toks, pos, _ = prompt_rows(prompt, bucket, cfg)
+    cache = KVCache(cfg, make_policy(kv), prompt_len=bucket)
     chunk = TINY_GPT.decoder.chunk
     for start in range(0, bucket, chunk):
         m = min(chunk, bucket - start)
-        logits = forward(ops, toks[:, start:start + m], pos[:, start:start + m], cache, cfg=CFG)
+        logits = forward(ops, toks[:, start:start + m], pos[:, start:start + m], cache, cfg=cfg)
     if static_fill:
         cache.finish_prefill(ops)
     return cache, int(logits[0, -1].argmax())
@@ -110,15 +110,18 @@ def _sum(meter, phase, match) -> dict:
     return {"bytes": sent + received, "sent": sent, "received": received, "rounds": len(rounds)}
 
 
-def private_steps(weights, prompt, bucket, new_tokens, config, session_id, static_fill=False):
+def private_steps(weights, prompt, bucket, new_tokens, config, session_id, static_fill=False,
+                  spec=TINY_GPT):
     """mpc decode steps after a cache fill, in-process: (tokens, per-step figures).
     Everything is read from the meters: online traffic of the decode steps (and of their
     selection and gathers), the dealer material that serves them (metered per item
-    scope), and the one-time static step at the end of the prefill."""
+    scope), and the one-time static step at the end of the prefill. ``spec``: a decoder
+    spec of this family (default: the trained tiny-gpt)."""
     from benchmarks.in_process import run_in_process
-    spec = dataclasses.replace(TINY_GPT, decoder=CacheFillDecoder(
-        CFG, fill=plain_cache(weights, prompt, bucket, config.kv, static_fill)))
-    x = TINY_GPT.decoder.encode_prompt(prompt, bucket)
+    cfg = spec.decoder.cfg
+    x = spec.decoder.encode_prompt(prompt, bucket)
+    spec = dataclasses.replace(spec, decoder=CacheFillDecoder(
+        cfg, fill=plain_cache(weights, prompt, bucket, config.kv, static_fill, cfg)))
     roles = {}
     t0 = time.perf_counter()
     y, cm, sm = run_in_process(spec, weights, x, config, session_id=session_id,

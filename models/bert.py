@@ -53,7 +53,7 @@ class BertConfig:
     gelu_tanh: GeluTanhParams = GeluTanhParams()
     softmax: SoftmaxParams = field(default_factory=SoftmaxParams)
     layernorm: LayerNormParams = LayerNormParams()
-    normalize: RsqrtParams = RsqrtParams(lo=-14, hi=14, iterations=3)
+    normalize: RsqrtParams = RsqrtParams(lo=-14, hi=14, iterations=2)
 
 
 def bert_arch(cfg: BertConfig) -> dict:

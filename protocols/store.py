@@ -95,6 +95,7 @@ class MaterialStore:
         self.written = 0          # explicit records written
         self.cursor = 0           # items consumed
         self._opened: set[str] = set()
+        self._seed: bytes | None = None   # read once (it never changes once written)
         self._burned = False
         self._bytes = 0           # bytes this store accounted against the quota
         self.peak_bytes = 0
@@ -140,13 +141,17 @@ class MaterialStore:
         self._alive()
         self._reserve(len(seed))
         _write_private(self.dir / "seed.bin", seed)
+        self._seed = None
         self._track_peak()
 
     @property
     def seed(self) -> bytes:
         self._alive()
+        if self._seed is not None:
+            return self._seed
         try:
-            return (self.dir / "seed.bin").read_bytes()
+            self._seed = (self.dir / "seed.bin").read_bytes()
+            return self._seed
         except FileNotFoundError:
             raise MaterialError(f"{self.party}: no seed in the store (offline phase not run)") from None
 
@@ -314,7 +319,7 @@ class MaterialStore:
         if self._writer is not None:
             self._writer.close()
         # the map is unmapped when the last array taken from it is dropped
-        self._writer = self._map = None
+        self._writer = self._map = self._seed = None
         if not self._burned:
             self._burned = True
             shutil.rmtree(self.dir, ignore_errors=True)
