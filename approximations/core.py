@@ -97,40 +97,28 @@ def exp_neg(ops, x, frac_bits: int, p: ExpParams = ExpParams()):
 @dataclass(frozen=True)
 class ReciprocalParams:
     """1/x for x in [2^lo, 2^hi) (x > 0): normalize, then Newton y <- y (2 - x y) from
-    y0 = 2.9142 - 2 x on [0.5, 1). Cost: 3 + 4 * iterations + 2 rounds (the final product by
-    the scale; in softmax it rides in the first Newton product instead). Outside the range:
-    below 2^lo too small but positive; above 2^hi it degrades (-10% at 1.37 * 2^hi), turns
-    negative near 1.46 * 2^hi and to garbage from 2^(hi+2): clip first if needed."""
+    y0 = 2.9142 - 2 x on [0.5, 1); the last step multiplies y * scale (formed in the same
+    batched product as x y) instead of y, so no product by the scale follows. Cost:
+    3 + 4 * iterations rounds. Outside the range: below 2^lo too small but positive; above
+    2^hi it degrades (-10% at 1.37 * 2^hi), turns negative near 1.46 * 2^hi and to garbage
+    from 2^(hi+2): clip first if needed."""
 
     lo: int = -10
     hi: int = 10
     iterations: int = 3
 
 
-def reciprocal_steps(ops, x, p: ReciprocalParams = ReciprocalParams(), ride=None):
-    """(y ~ 1/u for u = x * scale in [0.5, 1), the scale, ride * scale or None), with
-    1/x = y * scale. ``ride`` (..., m), broadcast against x (..., 1): multiplied by the scale
-    inside the first Newton product (no round of its own)."""
+def reciprocal(ops, x, p: ReciprocalParams = ReciprocalParams()):
     xn, scale, _ = normalize(ops, x, p.lo, p.hi)
     y = ops.add_public(ops.mul_public(xn, -2.0), 2.9142)
-    rode = None
-    for step in range(p.iterations):
-        if step == 0 and ride is not None:
-            k, m = ops.shape(xn)[-1], ops.shape(ride)[-1]
-            both = ops.mul(ops.cat([xn, ride], -1),
-                           ops.cat([y, ops.cat([scale] * m, -1) if k == 1 else scale], -1))
-            xy, rode = ops.narrow(both, -1, 0, k), ops.narrow(both, -1, k, m)
-        else:
-            xy = ops.mul(xn, y)
-        y = ops.mul(y, ops.add_public(ops.neg(xy), 2.0))
-    if ride is not None and rode is None:
-        rode = ops.mul(ride, scale)
-    return y, scale, rode
-
-
-def reciprocal(ops, x, p: ReciprocalParams = ReciprocalParams()):
-    y, scale, _ = reciprocal_steps(ops, x, p)
-    return ops.mul(y, scale)
+    if p.iterations == 0:
+        return ops.mul(y, scale)
+    for _ in range(p.iterations - 1):
+        y = ops.mul(y, ops.add_public(ops.neg(ops.mul(xn, y)), 2.0))
+    k = ops.shape(xn)[-1]
+    both = ops.mul(ops.cat([xn, y], -1), ops.cat([y, scale], -1))       # x y and y * scale
+    return ops.mul(ops.narrow(both, -1, k, k),
+                   ops.add_public(ops.neg(ops.narrow(both, -1, 0, k)), 2.0))
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from approximations.core import (ExpParams, ReciprocalParams, RsqrtParams, exp_neg,
-                                 reciprocal_steps, rsqrt_steps)
+                                 reciprocal, rsqrt_steps)
 
 
 @dataclass(frozen=True)
@@ -25,9 +25,8 @@ class SoftmaxParams:
 def softmax(ops, x, frac_bits: int, p: SoftmaxParams = SoftmaxParams()):
     top = ops.max_last(x)                                    # (..., 1)
     e = exp_neg(ops, ops.sub(x, top), frac_bits, p.exp)       # (..., n), in (0, 1]
-    # e takes the reciprocal's scale inside its first Newton product; then one product
-    y, _, e_scaled = reciprocal_steps(ops, ops.sum(e, -1, keepdim=True), p.reciprocal, ride=e)
-    return ops.mul(e_scaled, y)
+    inv = reciprocal(ops, ops.sum(e, -1, keepdim=True), p.reciprocal)
+    return ops.mul(e, inv)
 
 
 @dataclass(frozen=True)
@@ -42,8 +41,7 @@ class Softmax2QuadParams:
 
 def softmax_2quad(ops, x, p: Softmax2QuadParams = Softmax2QuadParams()):
     q = ops.square(ops.add_public(x, p.c))
-    y, _, q_scaled = reciprocal_steps(ops, ops.sum(q, -1, keepdim=True), p.reciprocal, ride=q)
-    return ops.mul(q_scaled, y)
+    return ops.mul(q, reciprocal(ops, ops.sum(q, -1, keepdim=True), p.reciprocal))
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,7 @@ MPC_BUDGET = {  # name: (absolute, relative to |float64 output|)
 # with their truncation; mul_public by a non-integer 1 round, each call its own round).
 ROUNDS = {
     "exp": 14,             # relu 1 + scale 1 + 2nd-order term 2 + 5 squarings x 2
-    "reciprocal": 17,      # normalize 3 + 3 Newton steps x 4 + final product 2
+    "reciprocal": 15,      # normalize 3 + 3 Newton steps x 4 (y * scale rides in the last)
     "rsqrt": 13,           # comparisons 1 + x/2 and line 2 + 2 Newton steps x 4 + product 2
     "sigmoid": 30,         # ltz 1 + select 1 + exp 14 + chord 1 + 3 x 4 + select 1
     "tanh": 30,            # sigmoid (x 2 and 2 s - 1 are local)
@@ -97,9 +97,8 @@ ROUNDS = {
     "gelu_erf": 22,        # ltz 1 + clip product 2 + square 2 + scale 1 + Horner 1 + 6 x 2
                            # + x/2 1 + select product 2
     "silu": 10,            # clip 1 + powers 6 + 1 batched coefficient truncation + ltz 1 + select 1
-    "softmax": 31,         # 16 wide: max tree 4 + exp 14 + reciprocal (2 steps) without its
-                           # final product 11 (e rides in its first Newton product) + product 2
-    "softmax_2quad": 19,   # square 2 + reciprocal without its final product 15 + product 2
+    "softmax": 31,         # 16 wide: max tree 4 + exp 14 + reciprocal (2 steps) 11 + product 2
+    "softmax_2quad": 19,   # square 2 + reciprocal 15 + product 2
     "layernorm": 17,       # 2 means 2 + square 2 + rsqrt 11 (the row rides in its first
                            # Newton product) + product 2
 }
