@@ -13,7 +13,8 @@ Item i uses PRG stream i; labels separate the values inside an item:
             its shared-only row masks (``mpc.cached``); C = op(A, B): party 0 seed, party 1
             correction "c"
   square    A: both seeds; S = A^2: party 0 seed, party 1 correction "c"
-  mul       A, B: both seeds; C = A * B: party 0 seed, party 1 correction "c"
+  mul       A, B: both seeds (B of the second operand's shape where that broadcasts to
+            A's: ``b_shape``); C = A * B: party 0 seed, party 1 correction "c"
   trunc     r: both seeds; r_msb = MSB(r) and r_mid = (r mod 2^63) >> f as arithmetic
             shares: party 0 seeds, party 1 corrections "msb", "mid"
 Constant mask of the k-th weight: B_k from s1 on stream 2^63 + k (server-known).
@@ -79,7 +80,7 @@ def own_shares(need: Need, index: int, seed: bytes, party: int) -> dict[str, tor
         shape = need.get("shape")
         out["a"] = prg.expand(seed, index, LABEL_A, shape)
         if kind == "mul":
-            out["b"] = prg.expand(seed, index, LABEL_B, shape)
+            out["b"] = prg.expand(seed, index, LABEL_B, need.get("b_shape", shape))
         if party == 0:
             out["c"] = prg.expand(seed, index, LABEL_C, shape)
     elif kind == "trunc":

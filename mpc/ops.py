@@ -278,7 +278,7 @@ class PlanOps(_ScopedOps):
         return x
 
     def mul(self, x, y):
-        self.items.append(Need.make("mul", self._scope, shape=tuple(x.shape)))
+        self.items.append(protocol.mul_need(self._scope, x.shape, y.shape))
         return self._trunc(x.shape)
 
     def square(self, x):

@@ -145,11 +145,31 @@ def square(party: Party, x: torch.Tensor, scope: str) -> torch.Tensor:
     return z
 
 
+def mul_need(scope: str, x_shape, y_shape) -> Need:
+    """The triple of X * Y. Where Y broadcasts to X's shape and is smaller (a per-row
+    scale), its mask B has Y's own shape and C = A * B broadcast, so only numel(Y) elements
+    of Y - B are opened instead of numel(X)."""
+    x_shape, y_shape = tuple(x_shape), tuple(y_shape)
+    if y_shape != x_shape and tuple(torch.broadcast_shapes(x_shape, y_shape)) == x_shape:
+        return Need.make("mul", scope, shape=x_shape, b_shape=y_shape)
+    return Need.make("mul", scope, shape=x_shape)
+
+
 def mul(party: Party, x: torch.Tensor, y: torch.Tensor, scope: str) -> torch.Tensor:
-    """Elementwise X * Y with a Beaver triple. 1 round; sends 2 * numel * 8 bytes."""
-    m = party.take(Need.make("mul", scope, shape=tuple(x.shape)))
-    ed = open_value(party, f"{scope}.open", torch.stack([x - m["a"], y - m["b"]]))
-    e, d = ed[0], ed[1]
+    """Elementwise X * Y (Y broadcast to X's shape) with a Beaver triple: open E = X - A
+    and D = Y - B in one message; XY = E D + E B + A D + C.
+    Communication: 1 round; each party sends (numel(X) + numel(Y or B)) * 8 bytes.
+    Leaks: nothing (A and B are uniform)."""
+    need = mul_need(scope, x.shape, y.shape)
+    m = party.take(need)
+    if need.get("b_shape", None) is None:
+        ed = open_value(party, f"{scope}.open", torch.stack([x - m["a"], y - m["b"]]))
+        e, d = ed[0], ed[1]
+    else:
+        n = x.numel()
+        ed = open_value(party, f"{scope}.open",
+                        torch.cat([(x - m["a"]).reshape(-1), (y - m["b"]).reshape(-1)]))
+        e, d = ed[:n].reshape(x.shape), ed[n:].reshape(y.shape)
     z = e * m["b"] + m["a"] * d + m["c"]
     if party.index == CLIENT:
         z = z + e * d

@@ -85,8 +85,8 @@ def planned_online_bytes(needs) -> int:
             total += 8 * (n if need.get("const") else n + math.prod(need.get("b_shape")))
             continue
         n = math.prod(need.get("shape"))
-        if need.kind == "mul":
-            total += 16 * n
+        if need.kind == "mul":                  # E = X - A, and D = Y - B of B's own shape
+            total += 8 * (n + math.prod(need.get("b_shape", need.get("shape"))))
         elif need.kind == "bitdecomp":
             total += (16 * bitdecomp.params(need)[2] + 1) * n
         else:                                   # square, trunc, dcf: one masked opening

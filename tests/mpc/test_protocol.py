@@ -154,6 +154,23 @@ def test_beaver_products_exact_in_the_ring(tmp_path):
     assert not torch.equal(r0[0], x * y) and not torch.equal(r1[0], x * y)
 
 
+def test_broadcast_product_opens_the_small_operand_once(tmp_path):
+    """X (m, k) times a per-row Y (m, 1): exact in the ring, and Y - B is opened with B of
+    Y's own shape, so each party sends (m k + m) elements instead of 2 m k."""
+    gen = torch.Generator().manual_seed(6)
+    m, k = 3, 5
+    x, y = ring_random((m, k), gen), ring_random((m, 1), gen)
+    xs, ys = split(x, gen), split(y, gen)
+    need = protocol.mul_need("bmul", (m, k), (m, 1))
+    assert need.get("b_shape") == (m, 1)
+    assert protocol.mul_need("s", (m, k), (m, k)).get("b_shape", None) is None
+    pair = ProtocolPair(needs_of(need), tmp_path)
+    r0, r1 = pair.run(lambda p: protocol.mul(p, xs[p.index], ys[p.index], "bmul"))
+    assert torch.equal(r0 + r1, x * y)
+    for meter in pair.meters:
+        assert meter.total("online").payload_sent == (m * k + m) * 8
+
+
 def test_products_with_a_server_weight_exact_in_the_ring(tmp_path):
     gen = torch.Generator().manual_seed(5)
     x = ring_random((3, 6), gen)
