@@ -22,8 +22,9 @@ policy declares what it reveals in ``reveals`` (all of these: nothing).
                 cluster and the last cluster
 
 Cost per decode step and layer under mpc (fss): streamingllm and h2o attend to ``budget``
-rows (all cached: no selection cost); mpcache adds q.summary (cached: opens q), ranks of
-the static clusters (n(n-1)/2 + k*n comparisons once per layer group) and two gathers
+rows (all cached: no selection cost); mpcache adds [q+, q-] . summaries (one cached
+product: opens the query's two halves), ranks of the coarse and then the fine clusters
+(n(n-1)/2 + k*n comparisons per level and layer group) and two gathers
 (opening the k x n one-hot twice) whose results are fresh (about 2 * budget * d more).
 Leaks: nothing beyond the public budgets and bucket; the reveal log holds only tokens.
 """
@@ -218,8 +219,10 @@ class MPCache(Policy):
         return k, v, valid, 0
 
     def _summaries(self, ops, cache, g, n_f):
-        """Per head, cached: fine max/min (B, H, n_f, dh) and coarse max/min (B, H, n_c, dh)
-        of the candidates' keys (opened once: they never change)."""
+        """One cached tensor per layer group (opened once: it never changes): rows are the
+        fine clusters, then (two levels) the coarse ones; columns are max then min of the
+        candidates' keys per head, (B, H, n_f [+ n_c], 2 dh); with the "alpha" score both
+        halves hold alpha max + (1 - alpha) min."""
         c, co = self.cfg.cluster, self.cfg.coarse
         k, _, _, start = self._candidates(ops, cache, g, n_f)
         x = ops.narrow(ops.cached_value(k), 2, start, n_f * c)
@@ -235,24 +238,27 @@ class MPCache(Policy):
             a = self.cfg.alpha
             hi = lo = ops.add(ops.mul_public(hi, a), ops.mul_public(lo, 1.0 - a))
             chi = clo = ops.add(ops.mul_public(chi, a), ops.mul_public(clo, 1.0 - a))
-        return ops.cache_append([(f"l{g}.mpc.hi", None, hi, 2), (f"l{g}.mpc.lo", None, lo, 2),
-                                 (f"l{g}.mpc.chi", None, chi, 2), (f"l{g}.mpc.clo", None, clo, 2)])
+        rows = [ops.cat([hi, lo], -1)]
+        if not self._flat(n_f):
+            rows.append(ops.cat([chi, clo], -1))
+        (summary,) = ops.cache_append([(f"l{g}.mpc.summary", None, ops.cat(rows, 2), 2)])
+        return summary, n_f
 
     def score(self, ops, layer, q, cache):
-        """Fine and coarse cluster scores (B, H, n) of the group leader's query."""
-        hi, lo, chi, clo = cache.summary[layer]
+        """Fine and coarse cluster scores (B, H, n) of the group leader's query, from one
+        product with the cached summaries: [q+, q-] . [max, min] (opens q's halves only)."""
+        summary, n_f = cache.summary[layer]
         if self.cfg.score == "bound":
             qp = ops.relu(q)
             qn = ops.sub(q, qp)
         else:
             qp = qn = ops.mul_public(q, 0.5)        # q . s = (q/2) . s + (q/2) . s
-        out = []
-        pairs = [(hi, lo)] if self._flat(ops.shape(hi)[2]) else [(hi, lo), (chi, clo)]
-        for a, b in pairs:
-            s = ops.add(ops.matmul_cached(qp, a, transpose=True),
-                        ops.matmul_cached(qn, b, transpose=True))           # (B, H, 1, n)
-            sh = ops.shape(s)
-            out.append(ops.reshape(s, (sh[0], sh[1], sh[3])))
+        s = ops.matmul_cached(ops.cat([qp, qn], -1), summary, transpose=True)   # (B, H, 1, rows)
+        sh = ops.shape(s)
+        s = ops.reshape(s, (sh[0], sh[1], sh[3]))
+        out = [ops.narrow(s, -1, 0, n_f)]
+        if sh[3] > n_f:
+            out.append(ops.narrow(s, -1, n_f, sh[3] - n_f))
         return out
 
     def select(self, ops, scores, cache):
