@@ -59,7 +59,8 @@ def crypten_comparison(rows) -> list[str]:
                 f"{on_c['bytes_sent'] / on_r['bytes_sent']:.2f}x | {on_r['rounds']:g} / "
                 f"{on_c['rounds']:g} | {human_bytes(r['total_bytes'])} / "
                 f"{human_bytes(c['total_bytes'])} | {r.get('inferences_per_session', 1)} / "
-                f"{c.get('inferences_per_session', 1)} | {fid(r):.6f} / {fid(c):.6f} |")
+                f"{c.get('inferences_per_session', 1)} | {fid(r):.6f}{broken_sessions(r['fidelity'])} / "
+                f"{fid(c):.6f}{broken_sessions(c['fidelity'])} |")
     if not lines:
         return []
     return ["## mpc against crypten (loopback, same run)", "",
@@ -80,12 +81,23 @@ def _spread(r, phase) -> str:
     return f" ({s[0]:.3g}-{s[1]:.3g})" if s else ""
 
 
+def broken_sessions(fid: dict) -> str:
+    """' (worst of n; k broke)' where sessions were recorded one by one (cosine under 0.99
+    or a top-1 miss counts as broken)."""
+    each = fid.get("sessions")
+    if not each:
+        return ""
+    bad = sum(1 for f in each if f.get("cosine", 1.0) < 0.99 or f.get("top1_agree") is False)
+    return f" (worst of {len(each)}" + (f"; {bad} broke)" if bad else ")")
+
+
 def _row(r) -> str:
     on, off, par = r["online"], r["offline"], r["parties"]
     server_on = par.get("server", {}).get("online", {}).get("bytes_sent", 0)
     fid = r.get("fidelity", {})
     agree = f"cosine {fid['cosine']:.6f}" if "cosine" in fid else \
         f"top-1 {fid.get('top1_agree')}, max err {fid.get('max_abs_error', 0):.1e}"
+    agree += broken_sessions(fid)
     wire = human_bytes(r["wire_bytes"]) if r.get("wire_bytes") else "-"
     return (f"| {label(r)} | {r['net']} ({KIND[r['net']]}) | {off['seconds']:.3g}"
             f"{_spread(r, 'offline')} | {on['seconds']:.3g}{_spread(r, 'online')} | "

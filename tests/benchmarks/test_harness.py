@@ -60,3 +60,28 @@ def test_plot_ticks_name_each_variant_briefly_and_distinctly():
     assert ticks == ["mpc", "mpc\n32 bits", "mpc\nbitdecomp, 32 bits", "crypten\ngelu=sigmoid",
                      "he\nbitdecomp, 32 bits"]
     assert len(set(ticks)) == len(ticks)
+
+
+def test_fidelity_is_the_worst_session_and_broken_sessions_show():
+    """One session in five that wraps (CrypTen's local truncation did, once, at MiniLM 128)
+    must not hide behind the first session's figure."""
+    import types
+
+    import torch
+
+    from benchmarks.harness import worst_fidelity
+    from benchmarks.report import broken_sessions
+
+    spec = types.SimpleNamespace(task="embedding", name="e")
+    ref = torch.tensor([[1.0, 2.0, 3.0]])
+    good, bad = ref + 1e-4, torch.tensor([[3.0, -2.0, -4e9]])
+    fid = worst_fidelity(spec, [good, bad, good], ref)
+    assert fid["cosine"] < 0.5 and fid["max_abs_error"] > 1e9
+    assert len(fid["sessions"]) == 3 and fid["sessions"][0]["cosine"] > 0.999
+    assert broken_sessions(fid) == " (worst of 3; 1 broke)"
+    assert broken_sessions(worst_fidelity(spec, [good, good], ref)) == " (worst of 2)"
+    assert broken_sessions({"cosine": 0.99}) == ""
+    cls = types.SimpleNamespace(task="classification", name="digits-cnn")
+    logits = torch.tensor([[0.1, 0.9]])
+    fid = worst_fidelity(cls, [logits, torch.tensor([[0.9, 0.1]])], logits)
+    assert fid["top1_agree"] is False and broken_sessions(fid) == " (worst of 2; 1 broke)"
