@@ -67,7 +67,7 @@ def normalize(ops, x, lo: int, hi: int):
 class ExpParams:
     """exp(x) ~ (1 + u + u^2 / 2)^(2^t), u = x / 2^t, after clipping x below at ``floor``
     (default: where exp drops under one ulp, -frac_bits * ln 2). PUMA's form is
-    (1 + u)^(2^t); the second-order term cuts the error about tenfold for 3 more rounds.
+    (1 + u)^(2^t); the second-order term cuts the error about tenfold for 2 more rounds.
     ``second_order=False`` gives PUMA's. Domain: x <= 0 (softmax after max subtraction).
     Cost: 1 ReLU round + 1 truncation (u, and u / sqrt(2) with it) [+ 2 rounds: the square
     of u / sqrt(2) is u^2 / 2] + t squarings (2 rounds each)."""
