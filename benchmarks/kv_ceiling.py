@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import statistics
 import time
 from pathlib import Path
@@ -70,10 +71,16 @@ def shape_spec(d: int, heads: int, ctx: int, seed: int = 0):
     return spec, weights
 
 
+@functools.lru_cache(maxsize=1)
+def _trained_weights():
+    """tiny-gpt's weights, read once for all its contexts."""
+    return TINY_GPT.load_weights()
+
+
 def measure(label, d, heads, ctx, trained, new_tokens, repeats) -> list[dict]:
     """Full cache and floor at one shape and context, ``repeats`` interleaved runs each."""
     if trained:
-        spec, weights = TINY_GPT, TINY_GPT.load_weights()
+        spec, weights = TINY_GPT, _trained_weights()
     else:
         spec, weights = shape_spec(d, heads, ctx)
     bucket = ctx - TAIL
